@@ -1,10 +1,125 @@
-"""GRPO baseline (work in progress)."""
+"""GRPO: the baseline of the paper, and the training loop that RRPO and SRPO reuse.
+
+For each prompt, sample a group of G solutions y_1..y_G and score them, r_i in {0, 1}.
+
+    advantage   A_i = (r_i - mean(r)) / std(r)      population std over the group; A_i = 0 if std = 0
+    loss        L = - mean_i( A_i * mean_{t in y_i} log pi(y_i,t) )
+
+The loss is averaged over tokens within a trajectory, then over trajectories (`--loss-agg
+seq-mean`, the paper's choice; `token-mean` averages over all tokens of the batch instead). Only
+response tokens are trained: the prompt is context. With `--updates-per-batch 1` (the default, as
+in the paper) the update is on-policy and L is exactly the formula above; with more updates the
+per-token term becomes PPO's clipped ratio, min(rho A, clip(rho, 1-eps, 1+eps) A), and `--beta > 0`
+adds beta * KL(pi || pi_ref) with the k3 estimator against a frozen copy of the initial model.
+
+RRPO and SRPO (rrpo.py, srpo.py) change only how the rollouts of a prompt are built: they pass
+their own `make_rollouts` to `train()`; everything else here is shared.
+
+    python grpo.py                                        # built-in demo on the CPU (toy.py)
+    python grpo.py --model Qwen2.5-1.5B --dataset gsm8k   # one GPU
+    torchrun --nproc_per_node 8 grpo.py --model Qwen2.5-1.5B --dataset gsm8k
+"""
+import dataclasses
+import inspect
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+import verify
 
 THOUGHT_INSTRUCTION = (
     "Solve the problem below one thought at a time. A thought is one small step: a single "
     "observation, calculation or deduction. End every thought with </thought>. In your last "
     "thought, write the final answer as \\boxed{answer}."
 )
+
+
+@dataclass
+class Config:
+    model: str = "toy"  # hub id, short name (Qwen2.5-1.5B), local folder, .gguf file, or "toy"
+    dataset: str | None = None  # gsm8k, math500, aime24, amc23, minerva, olympiadbench, toy, code, lcb, hub id or local file; default: toy for the toy model, else gsm8k
+    eval_dataset: str | None = None  # same choices; default: the test split of --dataset
+    question_field: str | None = None  # field holding the question in a local/hub dataset (detected when unset)
+    answer_field: str | None = None  # field holding the gold answer (detected when unset)
+    steps: int = 60  # optimizer steps
+    prompts_per_step: int = 16  # prompts per step, summed over all processes
+    group_size: int = 8  # G: scored rollouts per prompt
+    max_new_tokens: int = 512  # response length cap; longer responses are truncated
+    temperature: float = 0.7  # sampling temperature; the log-probs are computed at the same temperature
+    top_p: float = 0.95  # nucleus sampling
+    lr: float = 1e-5  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 0  # linear warmup steps
+    lr_schedule: str = "constant"  # after warmup: constant or cosine
+    beta: float = 0.0  # KL coefficient to a frozen reference model; 0 loads no reference
+    clip_eps: float = 0.2  # PPO ratio clipping, used when --updates-per-batch > 1
+    updates_per_batch: int = 1  # optimizer updates on each batch of rollouts; 1 = on-policy, the paper's setting
+    loss_agg: str = "seq-mean"  # seq-mean (the paper) or token-mean
+    eval_every: int = 20  # steps between evaluations (greedy pass@1); 0 = only at the end
+    eval_size: int = 100  # problems in each evaluation
+    save_every: int = 50  # steps between checkpoints; a final one is always written
+    out: str = "runs/grpo"  # output folder: metrics.jsonl and checkpoint-{step}/
+    resume: bool = False  # continue from the newest complete checkpoint in --out
+    seed: int = 0  # seeds data order, sampling and initialisation of everything random
+    dtype: str = "float32"  # weights: float32 (bf16 autocast on GPU) or bfloat16
+    grad_checkpointing: bool = False  # trade compute for memory in the training forward
+    micro_batch: int = 8  # sequences per training forward; bounds the memory
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, data and prompt
+# ---------------------------------------------------------------------------------------------
+
+HUB_ORGS = {"Qwen2.5": "Qwen", "Qwen3": "Qwen", "Qwen2": "Qwen", "SmolLM2": "HuggingFaceTB",
+            "SmolLM3": "HuggingFaceTB", "Llama-3.2": "meta-llama", "Llama-3.1": "meta-llama",
+            "OLMo-2": "allenai", "Olmo-3": "allenai", "gemma-3": "google", "Phi-4": "microsoft",
+            "DeepSeek-R1-Distill": "deepseek-ai"}
+
+
+def resolve_model_name(name: str) -> str:
+    """Short names to hub ids: resolve_model_name("Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"."""
+    if "/" in name or Path(name).exists():
+        return name
+    for family, org in HUB_ORGS.items():
+        if name.lower().startswith(family.lower()):
+            return f"{org}/{name}"
+    raise SystemExit(f"Unknown model '{name}'. Pass a full hub id (for example 'Qwen/{name}' or "
+                     f"'HuggingFaceTB/{name}'), a local folder, or a .gguf file.")
+
+
+def load_model(cfg: Config, device):
+    """The policy and its tokenizer. Left padding: generation appends on the right."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.model == "toy":
+        import toy
+
+        model, tokenizer = toy.load_baby_model()
+    else:
+        name, extra = resolve_model_name(cfg.model), {}
+        if name.endswith(".gguf"):  # transformers de-quantizes GGUF weights into a normal model
+            name, extra = str(Path(name).parent), {"gguf_file": Path(name).name}
+        tokenizer = AutoTokenizer.from_pretrained(name, **extra)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **extra)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model.to(device=device, dtype=getattr(torch, cfg.dtype))
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, tokenizer
 
 
 def format_chat(tokenizer, content: str) -> str:
@@ -19,3 +134,548 @@ def format_chat(tokenizer, content: str) -> str:
 def format_prompt(tokenizer, question: str, instruction: str = THOUGHT_INSTRUCTION) -> str:
     """The exact text a model sees for one problem."""
     return format_chat(tokenizer, f"{instruction}\n\nProblem: {question}")
+
+
+# Benchmarks by short name: (hub id, config, train split, test split).
+BENCHMARKS = {
+    "gsm8k": ("openai/gsm8k", "main", "train", "test"),
+    "math500": ("HuggingFaceH4/MATH-500", None, "test", "test"),
+    "aime24": ("HuggingFaceH4/aime_2024", None, "train", "train"),
+    "amc23": ("math-ai/amc23", None, "test", "test"),
+    "minerva": ("math-ai/minervamath", None, "test", "test"),
+    "olympiadbench": ("math-ai/olympiadbench", None, "test", "test"),
+}
+QUESTION_FIELDS = ("question", "problem", "prompt", "input", "query")
+ANSWER_FIELDS = ("answer", "final_answer", "solution", "output", "target")
+
+
+def load_examples(name: str, train: bool, cfg: Config) -> list[dict]:
+    """Examples as dicts with "question" and a gold "answer" (or "tests" for code problems)."""
+    if name == "toy":
+        import toy
+
+        examples = toy.make_examples(5000 if train else 500, seed=cfg.seed if train else 10**6 + cfg.seed)
+        return [dict(example, step_checker=toy.first_wrong_step) for example in examples]
+    if name in ("code", "lcb"):
+        import code_tasks
+
+        return code_tasks.builtin_examples() if name == "code" else code_tasks.load_lcb()
+    import datasets
+
+    if Path(name).is_file():
+        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(Path(name).suffix)
+        if kind is None:
+            raise SystemExit(f"Cannot read '{name}': use a .jsonl, .json or .parquet file.")
+        rows = datasets.load_dataset(kind, data_files=name, split="train")
+    else:
+        hub_id, config, train_split, test_split = BENCHMARKS.get(name, (name, None, "train", "test"))
+        rows = datasets.load_dataset(hub_id, config, split=train_split if train else test_split)
+    question_field = cfg.question_field or next((f for f in QUESTION_FIELDS if f in rows.column_names), None)
+    answer_field = cfg.answer_field or next((f for f in ANSWER_FIELDS if f in rows.column_names), None)
+    if question_field not in rows.column_names or answer_field not in rows.column_names:
+        raise SystemExit(f"Cannot find the question and answer fields of '{name}': it has "
+                         f"{rows.column_names}. Name them with --question-field and --answer-field.")
+    return [{"question": row[question_field], "answer": verify.gold_answer(row[answer_field])}
+            for row in rows]
+
+
+def reward(example: dict, completion: str) -> float:
+    """1.0 for a right final answer (math) or a program that passes every test (code)."""
+    if "tests" in example:
+        return verify.code_reward(completion, example["tests"])
+    return verify.math_reward(completion, example["answer"])
+
+
+def instruction_for(example: dict) -> str:
+    if "tests" in example:
+        import code_tasks
+
+        return code_tasks.CODE_INSTRUCTION
+    return THOUGHT_INSTRUCTION
+
+
+def tokenize_prompts(examples, tokenizer, max_new_tokens: int, context: int) -> tuple[list, int]:
+    """Adds "prompt_ids" to each example; drops (and counts) those that leave no room to answer."""
+    kept = []
+    for example in examples:
+        text = format_prompt(tokenizer, example["question"], instruction_for(example))
+        example["prompt_ids"] = tokenizer(text, add_special_tokens=False).input_ids
+        if len(example["prompt_ids"]) + max_new_tokens <= context:
+            kept.append(example)
+    return kept, len(examples) - len(kept)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling with KV-cache prefix reuse
+# ---------------------------------------------------------------------------------------------
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, seq) ids and attention mask, padded on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, as `generate` computes them."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    eos = model.generation_config.eos_token_id
+    eos = {tokenizer.eos_token_id} if eos is None else set(eos if isinstance(eos, list) else [eos])
+    return eos | {tokenizer.eos_token_id}
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int,
+           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False) -> list[list[list[int]]]:
+    """n responses for each prompt, in one batched `generate` call: out[i][j] is response j of
+    prompt i (token ids, ending with eos unless truncated).
+
+    Each prompt is prefilled once and its KV cache copied to its n samples, instead of
+    prefilling the same prompt n times. The cache covers all but the last prompt token:
+    `generate` must still be fed at least one new token, else it has no logits to start from.
+    """
+    from transformers import DynamicCache, GenerationConfig
+
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)  # (prompts, seq)
+    # Recent transformers call the KV cache argument `cache`; earlier 5.x call it `past_key_values`.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    if ids.shape[1] > 1:
+        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
+              use_cache=True, **{cache_arg: cache})
+        cache.batch_repeat_interleave(n)
+    stop = eos_ids(model, tokenizer)
+    # Every sampling knob is set explicitly: a model's own generation_config (for example
+    # top_k=20, repetition_penalty=1.05) would otherwise change the distribution we train on.
+    gen_config = GenerationConfig(
+        do_sample=not greedy, temperature=temperature if not greedy else None,
+        top_p=top_p if not greedy else None, top_k=0 if not greedy else None, repetition_penalty=1.0,
+        max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
+    out = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+                         **{cache_arg: cache if ids.shape[1] > 1 else None},
+                         generation_config=gen_config)[:, ids.shape[1]:].tolist()  # (prompts * n, new)
+    responses = []
+    for tokens in out:
+        end = next((i + 1 for i, token in enumerate(tokens) if token in stop), len(tokens))
+        responses.append(tokens[:end])
+    return [responses[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Rollouts: the only part RRPO and SRPO replace
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    prompt_ids: list[int]  # context: the prompt, plus the parent's prefix for a reset suffix
+    response_ids: list[int]  # generated tokens; the only tokens the loss trains on
+    reward: float
+    group: int  # advantages are normalised within each group
+    truncated: bool  # hit --max-new-tokens without an end-of-sequence token
+
+
+class Policy:
+    """The model being trained, as the rollout builders see it: sample, decode, score."""
+
+    def __init__(self, model, tokenizer, cfg: Config):
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.stop = eos_ids(model, tokenizer)
+        self.tokens_generated = 0
+
+    def sample(self, prompts, n, temperature=None, max_new_tokens=None, greedy=False):
+        responses = sample(self.model, self.tokenizer, prompts, n,
+                           max_new_tokens or self.cfg.max_new_tokens,
+                           self.cfg.temperature if temperature is None else temperature,
+                           self.cfg.top_p, greedy)
+        self.tokens_generated += sum(len(r) for group in responses for r in group)
+        return responses
+
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def truncated(self, ids: list[int]) -> bool:
+        return not ids or ids[-1] not in self.stop
+
+    def rollout(self, prompt_ids, response_ids, example, group) -> Rollout:
+        return Rollout(prompt_ids, response_ids, reward(example, self.text(response_ids)), group,
+                       self.truncated(response_ids))
+
+
+def grpo_rollouts(policy: Policy, examples: list[dict], rng: random.Random):
+    """G fresh solutions per prompt, one group per prompt. Returns (rollouts, diagnostics)."""
+    groups = policy.sample([ex["prompt_ids"] for ex in examples], policy.cfg.group_size)
+    rollouts = [policy.rollout(ex["prompt_ids"], response, ex, group=i)
+                for i, (ex, responses) in enumerate(zip(examples, groups)) for response in responses]
+    return rollouts, {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantages, log-probs and the loss
+# ---------------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """(r - group mean) / group population std; zero for a group whose rewards are all equal.
+
+    >>> group_advantages(torch.tensor([1., 0., 0., 0., 1., 1.]), torch.tensor([0, 0, 0, 0, 1, 1]))
+    tensor([ 1.7321, -0.5774, -0.5774, -0.5774,  0.0000,  0.0000])
+    """
+    advantages = torch.zeros_like(rewards)
+    for group in group_ids.unique():
+        members = group_ids == group
+        r = rewards[members]
+        std = r.std(unbiased=False)
+        if std > 0:
+            advantages[members] = (r - r.mean()) / std
+    return advantages
+
+
+def policy_loss(logprobs, advantages, mask, old_logprobs=None, ref_logprobs=None,
+                clip_eps: float = 0.2, beta: float = 0.0, agg: str = "seq-mean") -> torch.Tensor:
+    """The policy-gradient loss of a batch.
+
+    logprobs, old_logprobs, ref_logprobs, mask: (batch, tokens); advantages: (batch,).
+    Without old_logprobs (one on-policy update) the per-token term is A * log pi, so
+    loss = -mean_i(A_i * mean_t log pi) exactly; with them it is PPO's clipped ratio.
+    Example: one sequence, A = 2, log-probs [-1, -3], mask [1, 1] -> loss = -(2 * -2) = 4.
+    """
+    advantages = advantages[:, None]
+    if old_logprobs is None:
+        per_token = advantages * logprobs
+    else:
+        ratio = torch.exp(logprobs - old_logprobs)
+        per_token = torch.min(ratio * advantages, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages)
+    if beta > 0:  # k3 estimator of KL(pi || pi_ref): unbiased and always >= 0
+        log_ratio = ref_logprobs - logprobs
+        per_token = per_token - beta * (torch.exp(log_ratio) - log_ratio - 1)
+    mask = mask.to(per_token.dtype)
+    if agg == "seq-mean":
+        return -((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    if agg == "token-mean":
+        return -(per_token * mask).sum() / mask.sum().clamp(min=1)
+    raise ValueError(f"loss_agg must be 'seq-mean' or 'token-mean', not '{agg}'")
+
+
+def response_logprobs(model, rollouts: list[Rollout], pad_id: int, temperature: float):
+    """log pi(response token | everything before it) for a micro-batch of rollouts.
+
+    Returns logprobs and mask, both (batch, longest response). Sequences are left-padded, so every
+    response ends at the last position: the lm head runs only on the response positions, and the
+    log-softmax covers one micro-batch at a time. Shorter responses are padded on the left (mask 0).
+    """
+    ids, mask = left_pad([r.prompt_ids + r.response_ids for r in rollouts], pad_id, model.device)
+    width = max(len(r.response_ids) for r in rollouts)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
+                   logits_to_keep=width + 1).logits[:, :-1].float() / temperature  # (batch, width, vocab)
+    targets = ids[:, -width:]
+    logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    lengths = torch.tensor([len(r.response_ids) for r in rollouts], device=ids.device)
+    response_mask = torch.arange(width, device=ids.device) >= width - lengths[:, None]
+    return logprobs, response_mask
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------
+
+
+def setup_distributed():
+    """(rank, world size, device). Under torchrun: one process per GPU, NCCL; gloo on the CPU."""
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        return dist.get_rank(), dist.get_world_size(), torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return dist.get_rank(), dist.get_world_size(), torch.device("cpu")
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    """Sums a list of numbers over all processes (identity when not distributed)."""
+    if not dist.is_initialized():
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / max(cfg.warmup_steps, 1)
+    if cfg.lr_schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr
+
+
+def step_examples(examples: list[dict], step: int, cfg: Config, rank: int, world: int) -> list[dict]:
+    """This process's prompts for a step. The data order is a function of (seed, step) only, so a
+    resumed run sees exactly the prompts it would have seen; each epoch is a fresh permutation."""
+    per_rank = cfg.prompts_per_step // world
+    chosen = []
+    for index in range((step - 1) * cfg.prompts_per_step + rank * per_rank,
+                       (step - 1) * cfg.prompts_per_step + (rank + 1) * per_rank):
+        epoch, position = divmod(index, len(examples))
+        order = random.Random(f"{cfg.seed}-epoch-{epoch}").sample(range(len(examples)), len(examples))
+        chosen.append(examples[order[position]])
+    return chosen
+
+
+def train_on_rollouts(model, ref_model, optimizer, rollouts, cfg, pad_id, device):
+    """The update(s) on one batch of rollouts. Returns (loss, grad norm, reason it was skipped)."""
+    advantages = group_advantages(torch.tensor([r.reward for r in rollouts]),
+                                  torch.tensor([r.group for r in rollouts]))
+    # With beta = 0, a rollout with A = 0 has exactly zero gradient: leave it out of the forward.
+    active = [i for i in range(len(rollouts)) if advantages[i] != 0 or cfg.beta > 0]
+    if all_sum([len(active)], device)[0] == 0:
+        return 0.0, 0.0, "no-signal"  # every group had equal rewards: nothing to learn from
+    micro_batches = [active[i:i + cfg.micro_batch] for i in range(0, len(active), cfg.micro_batch)]
+    total_tokens = sum(len(r.response_ids) for r in rollouts)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def logprobs_of(net, batch):
+        with autocast:
+            return response_logprobs(net, [rollouts[i] for i in batch], pad_id, cfg.temperature)
+
+    with torch.no_grad():  # fixed references: the sampling policy (for the ratio) and pi_ref
+        old = [logprobs_of(model, mb)[0] for mb in micro_batches] if cfg.updates_per_batch > 1 else None
+        ref = [logprobs_of(ref_model, mb)[0] for mb in micro_batches] if cfg.beta > 0 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    for _ in range(cfg.updates_per_batch):
+        optimizer.zero_grad(set_to_none=False)
+        batch_loss = 0.0
+        for k, mb in enumerate(micro_batches):
+            logprobs, mask = logprobs_of(model, mb)
+            loss = policy_loss(logprobs, advantages[mb].to(device), mask, old and old[k], ref and ref[k],
+                               cfg.clip_eps, cfg.beta, cfg.loss_agg)
+            # Weight each micro-batch so the sum is the loss of the whole batch (all rollouts count
+            # in the mean, also the A = 0 ones we did not forward).
+            weight = (mask.sum().item() / total_tokens if cfg.loss_agg == "token-mean"
+                      else len(mb) / len(rollouts))
+            (loss * weight).backward()
+            batch_loss += loss.item() * weight
+        if dist.is_initialized():  # average gradients over processes (ranks may differ in micro-batches)
+            for p in params:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
+        if not (math.isfinite(grad_norm) and math.isfinite(batch_loss)):
+            optimizer.zero_grad(set_to_none=False)
+            return batch_loss, grad_norm, "non-finite"  # never reaches the weights
+        optimizer.step()
+    return batch_loss, grad_norm, None
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, examples, cfg, rank, world, device, batch=32) -> float:
+    """Greedy pass@1, each process scoring its share of the problems."""
+    shard = examples[rank::world]
+    correct = 0.0
+    for i in range(0, len(shard), batch):
+        chunk = shard[i:i + batch]
+        responses = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens, greedy=True)
+        correct += sum(reward(ex, tokenizer.decode(r[0], skip_special_tokens=True))
+                       for ex, r in zip(chunk, responses))
+    correct, count = all_sum([correct, len(shard)], device)
+    return correct / max(count, 1)
+
+
+def newest_checkpoint(out: Path) -> Path | None:
+    """Only fully written checkpoints are named checkpoint-{step}: a save goes to a temporary
+    folder that is renamed at the end, so a save killed halfway is never picked."""
+    done = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def save_checkpoint(model, tokenizer, optimizer, state: dict, out: Path) -> Path:
+    final, partial = out / f"checkpoint-{state['step']}", out / f".partial-checkpoint-{state['step']}"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    torch.save({"optimizer": optimizer.state_dict(), **state}, partial / "trainer_state.pt")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    return final
+
+
+def load_resume_state(cfg: Config) -> tuple[Path, dict]:
+    checkpoint = newest_checkpoint(Path(cfg.out)) if Path(cfg.out).is_dir() else None
+    if checkpoint is None:
+        raise SystemExit(f"--resume: no checkpoint-<step> folder in '{cfg.out}'. Point --out at the "
+                         "folder of an earlier run, or drop --resume to start fresh.")
+    try:
+        state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+        if not {"step", "optimizer"} <= state.keys():
+            raise KeyError("step or optimizer state missing")
+    except Exception as error:
+        raise SystemExit(f"--resume: '{checkpoint}' is not a readable checkpoint ({error}). "
+                         "Delete it to resume from the one before.") from None
+    return checkpoint, state
+
+
+def check_replicas_identical(model, device) -> None:
+    """Data parallelism is only right if every process holds the same weights: compare a
+    fingerprint of them (sum and sum of squares of each tensor) across processes."""
+    fingerprint = torch.stack([t for p in model.parameters() for t in (p.double().sum(), p.double().square().sum())])
+    fingerprint = fingerprint.to(device)
+    low, high = fingerprint.clone(), fingerprint.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if not torch.equal(low, high):
+        raise RuntimeError("The processes ended with different weights: data-parallel training went wrong.")
+
+
+def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
+    """Sample rollouts with `make_rollouts`, update the policy on them, log, evaluate, save."""
+    rank, world, device = setup_distributed()
+    if cfg.prompts_per_step % world:
+        raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be divisible by the "
+                         f"number of processes ({world}).")
+    out = Path(cfg.out)
+    start, state = 1, {}
+    if cfg.resume:
+        checkpoint, state = load_resume_state(cfg)
+        start = state["step"] + 1
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_model(dataclasses.replace(cfg, model=str(checkpoint)) if cfg.resume else cfg, device)
+    ref_model = None
+    if cfg.beta > 0:
+        ref_model = load_model(cfg, device)[0].eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+
+    dataset = cfg.dataset or ("toy" if cfg.model == "toy" else "gsm8k")
+    context = getattr(model.config, "max_position_embeddings", 10**9)
+    train_examples, skipped = tokenize_prompts(load_examples(dataset, True, cfg), tokenizer, cfg.max_new_tokens, context)
+    eval_examples, _ = tokenize_prompts(load_examples(cfg.eval_dataset or dataset, False, cfg)[:cfg.eval_size],
+                                        tokenizer, cfg.max_new_tokens, context)
+    if skipped and rank == 0:
+        warnings.warn(f"{skipped} prompts leave no room for {cfg.max_new_tokens} new tokens in the "
+                      f"model's context of {context}: skipped.")
+    if not train_examples:
+        raise SystemExit(f"No usable training prompts in '{dataset}'.")
+
+    policy = Policy(model, tokenizer, cfg)
+    stop_requested = []
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path = out / "metrics.jsonl"
+        if cfg.resume and metrics_path.exists():  # drop lines of steps after the checkpoint
+            kept = [line for line in metrics_path.read_text().splitlines() if json.loads(line)["step"] < start]
+            metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def log(record):
+        if rank == 0:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def on_interrupt(signum, frame):
+        if stop_requested:  # a second Ctrl-C quits at once
+            raise KeyboardInterrupt
+        stop_requested.append(True)
+        if rank == 0:
+            print("\nInterrupted: saving after this step (Ctrl-C again to quit without saving).")
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    samples_seen = state.get("samples_seen", 0)
+    first_acc = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device) if start == 1 else None
+    if first_acc is not None:
+        log({"step": 0, "eval_acc": first_acc})
+    last_acc, step = first_acc, start - 1
+    bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps, disable=rank != 0, desc=dataset)
+    for step in bar:
+        step_start = time.time()
+        step_rng = random.Random(f"{cfg.seed}-{step}-{rank}")  # sampling is reproducible per step and rank
+        torch.manual_seed(step_rng.randrange(2**63))
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        model.eval()
+        policy.tokens_generated = 0
+        rollouts, diagnostics = make_rollouts(policy, step_examples(train_examples, step, cfg, rank, world), step_rng)
+        rollout_s = time.time() - step_start
+
+        model.train()
+        loss, grad_norm, skipped_reason = train_on_rollouts(model, ref_model, optimizer, rollouts, cfg,
+                                                            tokenizer.pad_token_id, device)
+        train_s = time.time() - step_start - rollout_s
+
+        groups = {}
+        for r in rollouts:
+            groups.setdefault(r.group, []).append(r.reward)
+        sums = {"reward_mean": [r.reward for r in rollouts],
+                "frac_zero_std_groups": [float(min(g) == max(g)) for g in groups.values()],
+                "response_len_mean": [len(r.response_ids) for r in rollouts],
+                "truncated_frac": [float(r.truncated) for r in rollouts], **diagnostics}
+        names = sorted(sums)
+        if dist.is_initialized():  # a diagnostic may be present on some processes only
+            every = [None] * world
+            dist.all_gather_object(every, names)
+            names = sorted(set().union(*every))
+        totals = all_sum([sum(sums.get(k, [])) for k in names] + [len(sums.get(k, [])) for k in names]
+                         + [len(rollouts), policy.tokens_generated, float(bool(stop_requested))], device)
+        record = {"step": step}
+        record.update({k: totals[i] / totals[len(names) + i] if totals[len(names) + i] else None
+                       for i, k in enumerate(names)})
+        samples_seen += int(totals[-3])
+        record.update(loss=loss, grad_norm=grad_norm, lr=lr_at(step, cfg), skipped=skipped_reason,
+                      rollout_s=rollout_s, train_s=train_s, samples_seen=samples_seen,
+                      tokens_generated=int(totals[-2]))
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+            last_acc = record["eval_acc"] = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device)
+        record["step_s"] = time.time() - step_start
+        log(record)
+        bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=last_acc)
+        stop = totals[-1] > 0
+        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or stop):
+            save_checkpoint(model, tokenizer, optimizer, {"step": step, "samples_seen": samples_seen,
+                                                          "config": dataclasses.asdict(cfg)}, out)
+        if stop:
+            break
+    if rank == 0 and first_acc is not None:
+        print(f"eval accuracy: {first_acc:.3f} before training, {last_acc:.3f} after {step} steps")
+    if dist.is_initialized():
+        check_replicas_identical(model, device)
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+CHOICES = {"loss_agg": ["seq-mean", "token-mean"], "lr_schedule": ["constant", "cosine"],
+           "dtype": ["float32", "bfloat16"]}
+
+
+def parse_config(config_class=Config, argv=None):
+    """Fills a config dataclass from the command line; each field's comment is its --help line."""
+    import argparse
+    import re
+
+    helps = {}
+    for cls in reversed(config_class.__mro__[:-1]):
+        helps.update(re.findall(r"^\s+(\w+): [^=]+=[^#]*#\s*(.*)$", inspect.getsource(cls), re.M))
+    parser = argparse.ArgumentParser(description=sys.modules[config_class.__module__].__doc__.split("\n")[0])
+    for f in dataclasses.fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
+        else:
+            parser.add_argument(flag, type=f.type if f.type in (int, float) else str, default=f.default,
+                                choices=CHOICES.get(f.name), help=helps.get(f.name), metavar=f.name.upper())
+    return config_class(**vars(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    train(parse_config())

@@ -1,0 +1,297 @@
+"""grpo.py: cached sampling against plain generate, log-probs against a naive computation, the
+advantage and loss functions against hand computations, and the training loop end to end."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_model
+
+import grpo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plain_greedy(model, tokenizer, prompts, max_new_tokens):
+    """Reference: one left-padded `generate` call, no cache tricks, cut at the first eos."""
+    ids, mask = grpo.left_pad(prompts, tokenizer.pad_token_id, model.device)
+    out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    responses = []
+    for tokens in out[:, ids.shape[1]:].tolist():
+        end = next((i + 1 for i, t in enumerate(tokens) if t == tokenizer.eos_token_id), len(tokens))
+        responses.append(tokens[:end])
+    return responses
+
+
+def check_cached_equals_plain(model, tokenizer, texts, max_new_tokens=24):
+    tokenizer.padding_side = "left"
+    prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    cached = grpo.sample(model, tokenizer, prompts, n=3, max_new_tokens=max_new_tokens, greedy=True)
+    reference = plain_greedy(model, tokenizer, prompts, max_new_tokens)
+    for group, expected in zip(cached, reference):
+        assert len(expected) > 0
+        assert all(response == expected for response in group)
+
+
+@pytest.fixture(scope="module")
+def chaotic_model(tiny_tokenizer):
+    # A large init makes a random model's greedy text varied, so a wrong cache shows up at once.
+    return make_model(tiny_tokenizer, initializer_range=1.0)
+
+
+def test_cached_sampling_equals_plain_generate_one_prompt(chaotic_model, tiny_tokenizer):
+    check_cached_equals_plain(chaotic_model, tiny_tokenizer, ["Start at 7.</thought> Add 5"])
+
+
+def test_cached_sampling_equals_plain_generate_left_padded_batch(chaotic_model, tiny_tokenizer):
+    texts = ["Start at 7.</thought> Add 5: 7 + 5 = 12.</thought>", "Natalia", "Solve the problem one step"]
+    check_cached_equals_plain(chaotic_model, tiny_tokenizer, texts)
+
+
+def test_cached_sampling_equals_plain_generate_smollm2(smollm2_gguf, smollm2_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name).eval()
+    texts = [grpo.format_prompt(smollm2_tokenizer, "What is 12 times 3?"),
+             grpo.format_prompt(smollm2_tokenizer, "Natalia sold clips to 48 of her friends in April, "
+                                "and then she sold half as many clips in May. How many clips in total?")]
+    check_cached_equals_plain(model, smollm2_tokenizer, texts, max_new_tokens=16)
+
+
+def test_sampling_keeps_eos_and_marks_truncation(chaotic_model, tiny_tokenizer):
+    tiny_tokenizer.padding_side = "left"
+    prompt = tiny_tokenizer("Natalia").input_ids
+    responses = grpo.sample(chaotic_model, tiny_tokenizer, [prompt], n=4, max_new_tokens=6, temperature=1.0)
+    assert len(responses) == 1 and len(responses[0]) == 4
+    for response in responses[0]:
+        assert 1 <= len(response) <= 6
+        eos_at = [i for i, t in enumerate(response) if t == tiny_tokenizer.eos_token_id]
+        assert eos_at in ([], [len(response) - 1])  # nothing kept after the first eos
+
+
+def test_response_logprobs_match_naive_computation(chaotic_model):
+    rollouts = [grpo.Rollout([5, 6, 7], [8, 9], 1.0, 0, False),
+                grpo.Rollout([5], [10, 11, 12, 13], 0.0, 0, False),
+                grpo.Rollout([3, 4, 5, 6, 7, 8], [9], 1.0, 1, False)]
+    temperature = 0.7
+    logprobs, mask = grpo.response_logprobs(chaotic_model, rollouts, pad_id=0, temperature=temperature)
+    for row, r in enumerate(rollouts):
+        ids = torch.tensor([r.prompt_ids + r.response_ids])
+        full = torch.log_softmax(chaotic_model(ids).logits[0].float() / temperature, -1)  # (seq, vocab)
+        expected = [full[len(r.prompt_ids) - 1 + j, t].item() for j, t in enumerate(r.response_ids)]
+        got = logprobs[row][mask[row]].tolist()
+        assert got == pytest.approx(expected, abs=1e-4)
+    assert mask.sum(-1).tolist() == [2, 4, 1]
+
+
+def test_group_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    advantages = grpo.group_advantages(rewards, groups)
+    # group 0: mean 1/4, population std sqrt(3)/4
+    assert advantages[:4].tolist() == pytest.approx([3 / math.sqrt(3), -1 / math.sqrt(3), -1 / math.sqrt(3),
+                                                     -1 / math.sqrt(3)])
+    assert advantages[4:6].tolist() == [0.0, 0.0]  # zero variance: no signal
+    assert advantages[6:].tolist() == pytest.approx([-1.0, 1.0])
+
+
+def test_policy_loss_seq_mean_and_token_mean_by_hand():
+    logprobs = torch.tensor([[-1.0, -3.0, -5.0], [-2.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    advantages = torch.tensor([2.0, -1.0])
+    # seq-mean: -mean(2 * (-1 - 3) / 2, -1 * -2 / 1) = -mean(-4, 2) = 1
+    assert grpo.policy_loss(logprobs, advantages, mask).item() == pytest.approx(1.0)
+    # token-mean: -(2*-1 + 2*-3 + -1*-2) / 3 = 2
+    assert grpo.policy_loss(logprobs, advantages, mask, agg="token-mean").item() == pytest.approx(2.0)
+
+
+def test_masked_tokens_get_exactly_zero_gradient():
+    logprobs = torch.tensor([[-1.0, -3.0, -5.0], [-2.0, -0.5, -0.7]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 0], [0, 1, 0]])
+    for agg in ("seq-mean", "token-mean"):
+        logprobs.grad = None
+        grpo.policy_loss(logprobs, torch.tensor([1.5, -2.0]), mask, agg=agg).backward()
+        assert (logprobs.grad[mask == 0] == 0).all()
+        assert (logprobs.grad[mask == 1] != 0).all()
+    # seq-mean gradient of token t in sequence i: -A_i / (n_i * batch)
+    assert logprobs.grad is not None
+    logprobs.grad = None
+    grpo.policy_loss(logprobs, torch.tensor([1.5, -2.0]), mask).backward()
+    assert logprobs.grad.flatten().tolist() == pytest.approx([-1.5 / 4, -1.5 / 4, 0.0, 0.0, 2.0 / 2, 0.0])
+
+
+def test_policy_loss_ppo_clip_and_k3_kl_by_hand():
+    old = torch.tensor([[-1.0, -1.0]])
+    new = torch.tensor([[-1.0 + math.log(1.5), -1.0 + math.log(0.5)]])  # ratios 1.5 and 0.5
+    mask = torch.ones(1, 2)
+    # A = +1: min(1.5, 1.2) and min(0.5, 0.8) -> 1.2, 0.5; loss = -(1.7 / 2)
+    assert grpo.policy_loss(new, torch.tensor([1.0]), mask, old_logprobs=old, clip_eps=0.2).item() == \
+        pytest.approx(-0.85)
+    # A = -1: min(-1.5, -1.2) and min(-0.5, -0.8) -> -1.5, -0.8; loss = 2.3 / 2
+    assert grpo.policy_loss(new, torch.tensor([-1.0]), mask, old_logprobs=old, clip_eps=0.2).item() == \
+        pytest.approx(1.15)
+    # k3 KL with zero advantage: exp(d) - d - 1 with d = ref - new, averaged, times beta
+    ref = torch.tensor([[-1.0, -2.0]])
+    d = (ref - new)[0]
+    kl = (torch.exp(d) - d - 1).mean().item()
+    assert grpo.policy_loss(new, torch.tensor([0.0]), mask, ref_logprobs=ref, beta=0.1).item() == \
+        pytest.approx(0.1 * kl)
+
+
+def test_short_model_names_resolve_and_unknown_fails_clearly():
+    assert grpo.resolve_model_name("Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"
+    assert grpo.resolve_model_name("SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert grpo.resolve_model_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    with pytest.raises(SystemExit, match="full hub id"):
+        grpo.resolve_model_name("MyModel-7B")
+
+
+def test_local_dataset_fields_detected_or_listed(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    examples = grpo.load_examples(str(path), True, grpo.Config())
+    assert examples == [{"question": "1+1?", "answer": "2"}]
+    path.write_text(json.dumps({"text": "1+1?", "label": "2"}) + "\n")
+    with pytest.raises(SystemExit, match=r"\['text', 'label'\].*--question-field"):
+        grpo.load_examples(str(path), True, grpo.Config())
+    examples = grpo.load_examples(str(path), True, grpo.Config(question_field="text", answer_field="label"))
+    assert examples == [{"question": "1+1?", "answer": "2"}]
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop, end to end
+# ---------------------------------------------------------------------------------------------
+
+
+def write_problems(path: Path, n=8):
+    rows = [{"question": f"What is {a} + {b}?", "answer": f"#### {a + b}"} for a, b in zip(range(n), range(3, 3 + n))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def tiny_run_args(model_dir, data, out, *extra):
+    return ["--model", str(model_dir), "--dataset", str(data), "--out", str(out), "--prompts-per-step", "2",
+            "--group-size", "4", "--max-new-tokens", "8", "--eval-size", "2", "--eval-every", "0",
+            "--lr", "1e-3", "--temperature", "1.0", *extra]
+
+
+def state_dict_of(folder):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+def test_two_steps_end_to_end_then_resume(tiny_model_dir, tmp_path):
+    data, out = write_problems(tmp_path / "train.jsonl"), tmp_path / "run"
+    # every rollout of a random model fails, so make the reward vary: a custom rollout builder is
+    # not needed for plumbing, but equal rewards would skip the update; beta > 0 keeps it training.
+    args = tiny_run_args(tiny_model_dir, data, out, "--steps", "2", "--beta", "0.1")
+    grpo.train(grpo.parse_config(argv=args))
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    for key in ("reward_mean", "frac_zero_std_groups", "response_len_mean", "truncated_frac", "loss",
+                "grad_norm", "lr", "rollout_s", "train_s", "step_s", "samples_seen", "tokens_generated"):
+        assert key in lines[1], key
+    assert lines[2]["samples_seen"] == 2 * 2 * 4 and "eval_acc" in lines[2]
+    before, after = state_dict_of(tiny_model_dir), state_dict_of(out / "checkpoint-2")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    grpo.train(grpo.parse_config(argv=tiny_run_args(tiny_model_dir, data, out, "--steps", "3", "--beta", "0.1",
+                                                    "--resume")))
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2, 3]
+    assert (out / "checkpoint-3" / "trainer_state.pt").exists()
+
+
+def test_resume_without_checkpoint_fails_clearly(tiny_model_dir, tmp_path):
+    args = tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), tmp_path / "nothing", "--resume")
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        grpo.train(grpo.parse_config(argv=args))
+    broken = tmp_path / "broken" / "checkpoint-4"
+    broken.mkdir(parents=True)
+    (broken / "trainer_state.pt").write_text("not a checkpoint")
+    args = tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), tmp_path / "broken", "--resume")
+    with pytest.raises(SystemExit, match="not a readable checkpoint"):
+        grpo.train(grpo.parse_config(argv=args))
+
+
+def test_partial_checkpoint_is_never_resumed(tmp_path):
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / ".partial-checkpoint-3").mkdir()
+    assert grpo.newest_checkpoint(tmp_path).name == "checkpoint-2"
+
+
+def test_no_signal_step_makes_no_update(tiny_model_dir, tmp_path):
+    """A random model never answers right: every group has zero variance, so nothing changes."""
+    out = tmp_path / "run"
+    grpo.train(grpo.parse_config(argv=tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), out,
+                                                    "--steps", "1")))
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
+    assert line["skipped"] == "no-signal" and line["frac_zero_std_groups"] == 1.0
+    before, after = state_dict_of(tiny_model_dir), state_dict_of(out / "checkpoint-1")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def first_token_rollouts(target_token):
+    """Reward 1 for a completion that starts with `target_token`: a trivially learnable behaviour."""
+    def make_rollouts(policy, examples, rng):
+        groups = policy.sample([ex["prompt_ids"] for ex in examples], policy.cfg.group_size)
+        rollouts = [grpo.Rollout(ex["prompt_ids"], response, float(response[0] == target_token), i,
+                                 policy.truncated(response))
+                    for i, (ex, responses) in enumerate(zip(examples, groups)) for response in responses]
+        return rollouts, {}
+    return make_rollouts
+
+
+def test_reward_rises_on_a_trivial_behaviour(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), out, "--steps", "30",
+                         "--prompts-per-step", "4", "--group-size", "8", "--max-new-tokens", "2",
+                         "--lr", "3e-3", "--eval-size", "1", "--save-every", "1000")
+    target = 300  # an ordinary BPE token of the tiny vocabulary
+    grpo.train(grpo.parse_config(argv=args), make_rollouts=first_token_rollouts(target))
+    rewards = [json.loads(line)["reward_mean"] for line in (out / "metrics.jsonl").read_text().splitlines()[1:]]
+    assert sum(rewards[:5]) / 5 < 0.2
+    assert sum(rewards[-5:]) / 5 > 0.6
+
+
+def test_non_finite_loss_never_reaches_the_weights(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    rollouts = [grpo.Rollout([5, 6], [7, 8], 1.0, 0, False), grpo.Rollout([5, 6], [9, 8], 0.0, 0, False)]
+    cfg = grpo.Config(temperature=0.0)  # logits / 0 -> non-finite log-probs
+    loss, grad_norm, skipped = grpo.train_on_rollouts(model, None, optimizer, rollouts, cfg, 0, torch.device("cpu"))
+    assert skipped == "non-finite"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_cli_help_lists_every_config_field():
+    out = subprocess.run([sys.executable, "grpo.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in ("--model", "--dataset", "--group-size", "--beta", "--clip-eps", "--updates-per-batch",
+                 "--loss-agg", "--micro-batch", "--grad-checkpointing", "--resume"):
+        assert name in out.stdout
+
+
+def test_two_processes_end_with_identical_weights(tiny_model_dir, tmp_path):
+    """train() ends by comparing a fingerprint of the weights across processes and raises if they
+    differ, so a clean exit of both ranks means identical weights."""
+    data = write_problems(tmp_path / "d.jsonl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(ROOT / "grpo.py"), *tiny_run_args(tiny_model_dir, data, tmp_path / "ddp", "--steps", "2",
+                                                 "--beta", "0.1")]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    assert lines[2]["samples_seen"] == 2 * 2 * 4  # both ranks' rollouts are counted
+    before, after = state_dict_of(tiny_model_dir), state_dict_of(tmp_path / "ddp" / "checkpoint-2")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
