@@ -1,0 +1,941 @@
+r"""Answer checking: is a model's final answer right (math), does its program pass the tests (code)?
+
+Math answers take three steps, cheapest first:
+
+1. `extract_answer` takes the final answer out of a completion: the last `\boxed{...}`, else a
+   GSM8K-style `#### 42`, else a closing "the answer is 42".
+2. `normalize_answer` drops what does not change the value: `$`, `\left`/`\right`, `\dfrac`,
+   `\text{...}` wrappers and units, thousands separators, degree signs, markdown bold, a trailing
+   period, and the percent sign (the MATH convention: `10\%` equals `10`).
+3. `is_equiv` compares the normalized strings, then exact numbers (`0.5`, `1/2`, `\frac12`,
+   `2.5e3`), then expressions with sympy. Tuples, intervals and matrices compare element by
+   element, sets and comma lists in any order. `x=3` equals `3` when the other side has no `=`.
+
+sympy runs in a separate worker process with a hard time limit: it can take minutes, or all the
+memory, on `9^{9^{9^{9}}}`, and a reward function must never hang a training run. Plain numbers,
+the common case, never reach the worker. The benchmark files' gold fields go through
+`gold_answer` first.
+
+    >>> math_reward(r"so the total is $\boxed{\dfrac{1}{2}}$.", gold_answer("... #### 0.5"))
+    1.0
+
+Programs (the Code section): `code_reward` runs the program in a completion on its tests in a
+sandboxed subprocess.
+"""
+import argparse
+import atexit
+import importlib.util
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+from fractions import Fraction
+
+# ---------------------------------------------------------------------------------------------
+# Math answers
+# ---------------------------------------------------------------------------------------------
+
+TIMEOUT_SECONDS = 2.0  # hard limit on one symbolic comparison: the worker is killed after it
+WORKER_START_SECONDS = 60.0  # a fresh worker imports sympy first, slow on a busy machine
+MAX_ANSWER_CHARS = 1000  # a longer final answer is judged wrong without reading it
+
+_BOX = re.compile(r"\\(?:boxed|fbox|framebox)")
+_SPACES = re.compile(r"\s*")
+
+
+def _braced(text: str, start: int, stop: int | None = None) -> tuple[str, int] | None:
+    """(content, index after it) of the brace group at text[start], None if it is open at `stop`.
+
+    >>> _braced("{a{b}c}d", 0)
+    ('a{b}c', 7)
+    """
+    depth = 0
+    for i in range(start, len(text) if stop is None else stop):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start + 1 : i], i + 1
+    return None
+
+
+def extract_answer(text: str | None) -> str | None:
+    r"""The final answer of a completion: the last `\boxed{}`, else `#### X`, else "answer is X".
+
+    None when there is none.
+
+    >>> extract_answer(r"so $x = \boxed{\frac{1}{2}}$.")
+    '\\frac{1}{2}'
+    >>> extract_answer("She pays 3 + 4 = 7 dollars.\n#### 7"), extract_answer("I am not sure.")
+    ('7', None)
+    """
+    if not text:
+        return None
+    stop = len(text)
+    for box in reversed(list(_BOX.finditer(text))):
+        start = _SPACES.match(text, box.end()).end()
+        if text.startswith("{", start):
+            group = _braced(text, start, stop)
+            if group is not None:
+                return group[0].strip() or None
+        elif token := re.match(r"[^\s$]+", text[start : start + 100]):
+            return token[0]  # `\boxed 5`: LaTeX takes the next token as the argument
+        # A box that does not close (a completion cut off by the length limit) is skipped. An
+        # earlier box then closes before this one starts or not at all, so the scan stops here,
+        # which keeps the loop linear in the length of the text.
+        stop = box.start()
+    if hashes := re.findall(r"####[ \t]*(\S[^\n]*)", text):
+        return hashes[-1].strip()
+    if said := re.findall(r"answer is:?[ \t]*(\S[^\n]*)", text, flags=re.IGNORECASE):
+        sentence = re.split(r"\.\s", said[-1])[0]  # "is 3.5. So" ends at ". ", not at "3."
+        return sentence.rstrip(".").strip("$ ") or None
+    return None
+
+
+def gold_answer(value: str | float | int | list[str]) -> str | None:
+    r"""A benchmark's gold field as an answer string for `is_equiv`.
+
+    GSM8K (`... #### 1,234`), MATH-500 and AIME (the answer), AMC (a float), Minerva (a solution
+    with a `\boxed{}`), OlympiadBench (a list of `$...$` strings).
+
+    >>> gold_answer("3 + 4 = 7 apples\n#### 7"), gold_answer(27.0), gold_answer(["$1$", "$-2$"])
+    ('7', '27', '1, -2')
+    """
+    if isinstance(value, (list, tuple)):
+        return ", ".join(gold_answer(item) for item in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if not isinstance(value, str):
+        return str(value)
+    if _BOX.search(value) or "####" in value:
+        return extract_answer(value)
+    return re.sub(r"(?<!\\)\$", "", value).strip()  # `\$` is a dollar sign, not math mode
+
+
+def normalize_answer(answer: str) -> str:
+    r"""The answer without what does not change its value.
+
+    >>> normalize_answer(r"$\left( 3, \dfrac{\pi}{2} \right)$")
+    '(3,\\frac{\\pi}{2})'
+    >>> normalize_answer(r"**1,234** \text{ apples}.")
+    '1234'
+    """
+    text = re.sub(r"\\\$|\$", "", answer)
+    text = re.sub(r"\\(?:left|right)(?:\.|(?![a-zA-Z]))", "", text)  # `\right.`: no bracket
+    text = re.sub(r"\\[dt]frac", r"\\frac", text)
+    text = re.sub(r"(?<!\\)\\[,!;: ]", "", text)  # thin spaces, but not the `\\` of a new row
+    text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\%|%", "", text)
+    # `\text{ cm}^2` after a value is a unit; a whole `\text{east}` is the answer itself
+    unit = r"\\(?:text|mbox|mathrm)\{[a-zA-Z ]*\}(?:\^\{?\d\}?)?"
+    text = re.sub(rf"(?<=\S)\s*{unit}\s*\.?\s*$", "", text)
+    text = re.sub(r"\\(?:text|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}", r"\1", text)
+    # white space only matters between two letters: `\cot x` is not `\cotx`
+    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", text)
+    text = re.sub(r"^\*\*(.*)\*\*", r"\1", text.rstrip(".")).rstrip(".")
+    text = re.sub(r"([_^])\{(\w)\}", r"\1\2", text)  # x^{2} is x^2
+    text = re.sub(r"\\sqrt\{(\w)\}", r"\\sqrt\1", text)
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):  # a lone number; (2,251,252) is a tuple
+        text = text.replace(",", "")
+    if re.fullmatch(r"\([A-Ea-e]\)", text):  # a multiple-choice letter
+        text = text[1].upper()
+    return text
+
+
+_NUMBER = r"-?(?:\d+\.?\d*|\.\d+)"
+_DIGIT_OR_BRACED_DIGITS = r"(\d|\{\d+\})"
+
+
+def _to_fraction(text: str) -> Fraction | None:
+    r"""The exact value of a plain number, or None.
+
+    >>> [_to_fraction(text) for text in (r"\frac{3}{4}", "1.5e2", r"1\frac12", "x")]
+    [Fraction(3, 4), Fraction(150, 1), Fraction(3, 2), None]
+    """
+    try:
+        if re.fullmatch(_NUMBER, text):  # 3, -0.25, .5
+            return Fraction(text)
+        if match := re.fullmatch(rf"({_NUMBER})/({_NUMBER})", text):
+            return Fraction(match[1]) / Fraction(match[2])
+        fraction = rf"(-?)(\d*)\\frac{_DIGIT_OR_BRACED_DIGITS * 2}"
+        if match := re.fullmatch(fraction, text):  # \frac{3}{4}, \frac34, and 1\frac{4}{5} = 9/5
+            sign, whole, top, bottom = match.groups()
+            value = int(whole or 0) + Fraction(int(top.strip("{}")), int(bottom.strip("{}")))
+            return -value if sign else value
+        scientific = rf"({_NUMBER})(?:e|E|\\times10\^|\\cdot10\^)\{{?(-?\d+)\}}?"
+        if (match := re.fullmatch(scientific, text)) and abs(int(match[2])) <= 400:
+            return Fraction(match[1]) * Fraction(10) ** int(match[2])
+    except (ValueError, ZeroDivisionError):  # 1/0, or more digits than int() converts
+        pass
+    return None
+
+
+def _split_top_level(text: str, separator: str) -> list[str]:
+    """The pieces of `text` between the `separator`s that are outside all brackets.
+
+    >>> _split_top_level("(1,2),3", ",")
+    ['(1,2)', '3']
+    """
+    pieces, depth, start, i = [], 0, 0, 0
+    while i < len(text):
+        if text[i] in "([{":
+            depth += 1
+        elif text[i] in ")]}":
+            depth -= 1
+        elif depth == 0 and text.startswith(separator, i):
+            pieces.append(text[start:i])
+            start = i = i + len(separator)
+            continue
+        i += 1
+    return pieces + [text[start:]]
+
+
+def _encloses(text: str) -> bool:
+    """Whether the bracket that opens `text` closes at its very end: `(1,2)` yes, `(1)(2)` no."""
+    depth = 0
+    for i, char in enumerate(text):
+        depth += (char in "([{") - (char in ")]}")
+        if depth == 0:
+            return i == len(text) - 1
+    return False
+
+
+def _split_collection(text: str) -> tuple[str, list[str]] | None:
+    r"""(kind, items) of a tuple, interval, set, list, union, matrix or `a\pm b`; None otherwise.
+
+    The order of the items matters for every kind but "set".
+
+    >>> _split_collection("(3,4]"), _split_collection(r"1\pm\sqrt2")
+    (('(]', ['3', '4']), ('set', ['1+\\sqrt2', '1-\\sqrt2']))
+    """
+    if match := re.fullmatch(r"\\begin\{([pbv]?matrix)\}(.*)\\end\{\1\}", text):
+        rows = match[2].split(r"\\")
+        return f"{len(rows)}-row matrix", [cell for row in rows for cell in row.split("&")]
+    for separator in (",", r"\cup"):  # `1,-2` and `(0,1)\cup(2,3)` are sets of values
+        if len(pieces := _split_top_level(text, separator)) > 1:
+            return "set", pieces
+    if text.startswith(r"\{") and _encloses(text[1:]):
+        return "set", _split_top_level(text[2:-2], ",")
+    if len(pieces := _split_top_level(text, r"\pm")) == 2:
+        return "set", [pieces[0] + "+" + pieces[1], pieces[0] + "-" + pieces[1]]
+    if text[:1] in ("(", "[") and text[-1] in ")]" and _encloses(text):
+        if len(items := _split_top_level(text[1:-1], ",")) > 1:
+            return text[0] + text[-1], items
+    return None
+
+
+def _equiv(pred: str, gold: str, symbolic: bool) -> bool:
+    """Whether two normalized answers are equal; `symbolic` lets sympy compare single values."""
+    if pred == gold:
+        return True
+    pred_collection, gold_collection = _split_collection(pred), _split_collection(gold)
+    if pred_collection is None and gold_collection is None:
+        return _same_value(pred, gold, symbolic)
+    if pred_collection is None or gold_collection is None:
+        return False
+    (pred_kind, pred_items), (gold_kind, gold_items) = pred_collection, gold_collection
+    if pred_kind != gold_kind or len(pred_items) != len(gold_items):
+        return False
+    if pred_kind != "set":
+        return all(_equiv(p, g, symbolic) for p, g in zip(pred_items, gold_items))
+    unmatched = list(gold_items)
+    for item in pred_items:
+        match = next((g for g in unmatched if _equiv(item, g, symbolic)), None)
+        if match is None:
+            return False
+        unmatched.remove(match)
+    return True
+
+
+def _same_value(pred: str, gold: str, symbolic: bool) -> bool:
+    """Whether two single values are equal: as numbers, as words, or (if `symbolic`) by sympy."""
+    pred_number, gold_number = _to_fraction(pred), _to_fraction(gold)
+    if pred_number is not None and gold_number is not None:
+        return pred_number == gold_number
+    # words compare as words: as products of symbols, `ab` would equal `ba`
+    if re.fullmatch(r"[a-zA-Z]{2,}", pred) or re.fullmatch(r"[a-zA-Z]{2,}", gold):
+        return pred.lower() == gold.lower()
+    return symbolic and _same_expression(pred, gold)
+
+
+# the LaTeX commands that name a sympy object; any other command fails the symbolic comparison
+_LATEX_NAMES = {
+    "pi": "pi", "infty": "oo", "cdot": "*", "times": "*", "div": "/", "ln": "log", "log": "log",
+    "exp": "exp", "sin": "sin", "cos": "cos", "tan": "tan", "cot": "cot", "sec": "sec",
+    "csc": "csc", "arcsin": "asin", "arccos": "acos", "arctan": "atan", "alpha": "alpha",
+    "beta": "beta", "gamma": "gamma", "theta": "theta", "phi": "phi", "omega": "omega",
+}
+
+
+def _argument(latex: str, start: int) -> tuple[str, int]:
+    r"""The argument of a command that starts at latex[start] (`{...}`, `\pi` or `7`), and the
+    index after it."""
+    start = _SPACES.match(latex, start).end()
+    if latex.startswith("{", start):
+        if (group := _braced(latex, start)) is None:
+            raise ValueError(f"unbalanced braces in {latex!r}")
+        return group
+    if match := re.compile(r"\\[a-zA-Z]+|[^\\]").match(latex, start):
+        return match[0], match.end()
+    raise ValueError(f"a command without its argument in {latex!r}")
+
+
+def latex_to_sympy(latex: str) -> str:
+    r"""Python syntax for sympy's `parse_expr`, from a normalized LaTeX expression.
+
+    Hand-written because sympy's own `parse_latex` needs one exact version of the antlr4 runtime.
+    Implicit products like `2\pi r` are left to `parse_expr`.
+
+    >>> latex_to_sympy(r"3\sqrt{13}+\frac{\pi}2")
+    '3root((13),2)+(( pi )/(2))'
+    """
+    out, i = [], 0
+    while i < len(latex):
+        if latex[i] == "\\":
+            name = re.compile(r"\\([a-zA-Z]+|.)").match(latex, i)[1]
+            i += 1 + len(name)
+            if name in ("frac", "binom"):
+                top, i = _argument(latex, i)
+                bottom, i = _argument(latex, i)
+                top, bottom = latex_to_sympy(top), latex_to_sympy(bottom)
+                if name == "frac":
+                    out.append(f"(({top})/({bottom}))")
+                else:
+                    out.append(f"binomial({top},{bottom})")
+            elif name == "sqrt":
+                degree = "2"
+                if latex.startswith("[", i):  # \sqrt[3]{x}
+                    degree, i = latex[i + 1 : latex.index("]", i)], latex.index("]", i) + 1
+                radicand, i = _argument(latex, i)
+                out.append(f"root(({latex_to_sympy(radicand)}),{latex_to_sympy(degree)})")
+            elif name in _LATEX_NAMES:
+                out.append(f" {_LATEX_NAMES[name]} ")
+            else:
+                raise ValueError(f"no sympy equivalent for \\{name}")
+        elif latex[i] == "{":
+            group, i = _argument(latex, i)
+            out.append(f"({latex_to_sympy(group)})")
+        elif latex[i] == "_" and latex[i - 1 : i].isdigit():
+            raise ValueError("a number in another base, like 52_8, compares as text only")
+        else:
+            out.append("**" if latex[i] == "^" else latex[i])
+            i += 1
+    return "".join(out)
+
+
+def _to_sympy(latex: str):
+    """A sympy expression for a normalized LaTeX expression; an equation `a=b` becomes `a-b`."""
+    from sympy import E, I
+    from sympy.parsing.sympy_parser import (
+        implicit_multiplication_application, parse_expr, rationalize, standard_transformations,
+    )
+
+    transformations = standard_transformations + (implicit_multiplication_application, rationalize)
+    sides = []
+    for side in _split_top_level(latex, "="):
+        code = latex_to_sympy(side)
+        # parse_expr calls eval(): let through only names, numbers, operators and brackets
+        if not re.fullmatch(r"[\w\s+\-*/().,!]*", code) or re.search(r"__|\.(?!\d)", code):
+            raise ValueError(f"refusing to evaluate {code!r}")
+        sides.append(parse_expr(code, {"e": E, "i": I}, transformations=transformations))
+    if len(sides) > 2:
+        raise ValueError("a chain of equations")
+    return sides[0] - sides[1] if len(sides) == 2 else sides[0]
+
+
+def _same_expression(pred: str, gold: str) -> bool:
+    """Whether sympy finds two normalized LaTeX expressions equal. Runs in the worker only."""
+    import sympy
+
+    if pred.count("=") != gold.count("="):  # `x-5` is not the equation `x=5`
+        return False
+    difference = _to_sympy(pred) - _to_sympy(gold)
+    if difference.free_symbols:
+        return sympy.simplify(difference) == 0
+    # a constant: evaluating is more reliable than simplify on nested radicals and trigonometry
+    return bool(abs(difference.evalf(50)) < 1e-30)
+
+
+def _serve_worker() -> None:
+    """The worker process: read `[backend, pred, gold]` JSON lines, answer `true` or `false`."""
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout = sys.stderr  # a stray print from a library must not break the protocol
+    import sympy  # noqa: F401  imported before "ready", so that no comparison waits for it
+
+    print("ready", file=answers, flush=True)
+    for line in sys.stdin:
+        backend, pred, gold = json.loads(line)
+        try:
+            if backend == "math_verify":
+                from math_verify import parse, verify
+
+                same = verify(parse(f"${gold}$"), parse(f"${pred}$"))
+            else:
+                same = _equiv(pred, gold, symbolic=True)
+        except Exception:  # sympy raises many kinds of errors on odd input: all mean "not equal"
+            same = False
+        print(json.dumps(bool(same)), file=answers, flush=True)
+
+
+class _Worker:
+    """A `python verify.py --worker` child process that answers comparisons over pipes.
+
+    A plain subprocess rather than multiprocessing: "spawn" and "forkserver" import the parent's
+    main script again (a training script imports torch), and "fork" is unsafe after CUDA started.
+    """
+
+    def __init__(self):
+        self.owner = os.getpid()
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        if self._read_line(WORKER_START_SECONDS) != "ready":
+            self.stop()
+            raise RuntimeError("the sympy worker did not start: try `python verify.py --worker`")
+
+    def _read_line(self, timeout: float) -> str | None:
+        # select() instead of a reader thread: works from any thread and leaves no thread behind
+        readable, _, _ = select.select([self.process.stdout], [], [], timeout)
+        return self.process.stdout.readline().strip() if readable else None
+
+    def ask(self, request: list[str], timeout: float) -> bool | None:
+        """The worker's answer to `request`, or None when it took over `timeout` or died."""
+        try:
+            self.process.stdin.write(json.dumps(request) + "\n")
+            self.process.stdin.flush()
+        except OSError:
+            return None
+        return {"true": True, "false": False}.get(self._read_line(timeout))
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()  # reaps it: no zombie is left behind
+
+
+_worker = None
+_worker_lock = threading.Lock()  # one request at a time on the pipes; other threads wait
+
+
+def _compare_in_worker(backend: str, pred: str, gold: str) -> bool:
+    """Ask the worker, started on first use; kill it after a timeout, a new one starts next time."""
+    global _worker
+    with _worker_lock:
+        # a forked child (say, a DataLoader worker) must not share its parent's pipes
+        if _worker is None or _worker.owner != os.getpid() or _worker.process.poll() is not None:
+            _worker = _Worker()
+        answer = _worker.ask([backend, pred, gold], TIMEOUT_SECONDS)
+        if answer is None:
+            _worker.stop()
+            _worker = None
+        return answer is True
+
+
+@atexit.register
+def _stop_worker() -> None:
+    if _worker is not None and _worker.owner == os.getpid():
+        _worker.stop()
+
+
+_ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\w)?(?:=|\\in)")  # `x=`, `x_1=` or `x\in`
+_POWER_TOWER = re.compile(r"\d\^\{?\(?\d+\^|\^\{?\(?\d{5,}")  # 9^{9^9}, 2^{100000}: too big
+
+
+def is_equiv(pred: str | None, gold: str | None, backend: str = "builtin") -> bool:
+    r"""Whether the predicted answer `pred` equals the `gold` answer (LaTeX strings, gold second).
+
+    backend "builtin" is the checker of this file, "math_verify" the math-verify package
+    (`pip install math-verify`). A call takes at most TIMEOUT_SECONDS (plus the start of the
+    worker process on first use), from any thread, and odd input gives False, not an error.
+
+    >>> is_equiv(r"\dfrac{1}{2}", "0.5"), is_equiv("x=3", "3"), is_equiv("2/3", "2")
+    (True, True, False)
+    """
+    if backend not in ("builtin", "math_verify"):
+        raise ValueError(f"backend must be 'builtin' or 'math_verify', not {backend!r}")
+    if backend == "math_verify" and importlib.util.find_spec("math_verify") is None:
+        raise ImportError("is_equiv(..., backend='math_verify') needs `pip install math-verify`")
+    if not pred or not gold or len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return False
+    if backend == "math_verify":
+        return _compare_in_worker("math_verify", pred, gold)
+    pred, gold = normalize_answer(pred), normalize_answer(gold)
+    # `x=3` answers `3`, but `x=3` against `y=3` compares the two equations
+    if "=" not in gold and r"\in" not in gold:
+        pred = _ASSIGNMENT.sub("", pred)
+    if "=" not in pred and r"\in" not in pred:
+        gold = _ASSIGNMENT.sub("", gold)
+    if _equiv(pred, gold, symbolic=False):
+        return True
+    if _to_fraction(pred) is not None and _to_fraction(gold) is not None:
+        return False  # two plain numbers: sympy would not change the verdict
+    if _POWER_TOWER.search(pred) or _POWER_TOWER.search(gold):
+        return False
+    return _compare_in_worker("builtin", pred, gold)
+
+
+def math_reward(completion: str | None, gold: str) -> float:
+    r"""1.0 when the final answer of `completion` equals `gold`, else 0.0 (also without an answer).
+
+    >>> math_reward(r"... so $x = \boxed{5}$.", "5"), math_reward("I give up.", "5")
+    (1.0, 0.0)
+    """
+    answer = extract_answer(completion)
+    return float(answer is not None and is_equiv(answer, gold))
+
+
+def _agreement(math500_path: str) -> None:
+    """Print how often the two backends agree on MATH-500 (the README's "Answer checking")."""
+    with open(math500_path) as lines:
+        rows = [json.loads(line) for line in lines]
+    cases = {"answer from the solution": [], "$\\dfrac$ and spaces": [], "one number changed": []}
+    for row in rows:
+        gold = row["answer"]
+        cases["answer from the solution"].append((extract_answer(row["solution"]), gold))
+        spaced = re.sub(r"\s*([+=])\s*", r" \1 ", gold.replace(r"\frac", r"\dfrac"))
+        cases["$\\dfrac$ and spaces"].append((f"${spaced}$", gold))
+        if number := re.search(r"\d+", gold):
+            bumped = str(int(number[0]) + 1).zfill(len(number[0]))
+            cases["one number changed"].append((gold.replace(number[0], bumped, 1), gold))
+    for kind, pairs in cases.items():
+        builtin = [is_equiv(pred, gold) for pred, gold in pairs]
+        math_verify = [is_equiv(pred, gold, backend="math_verify") for pred, gold in pairs]
+        agree = sum(b == m for b, m in zip(builtin, math_verify))
+        print(f"{kind}: {len(pairs)} pairs, judged equal by builtin {sum(builtin)}, by math_verify "
+              f"{sum(math_verify)}; the backends agree on {agree} ({agree / len(pairs):.1%})")
+        for (pred, gold), b, m in zip(pairs, builtin, math_verify):
+            if b != m:
+                print(f"    builtin {b}, math_verify {m}: {pred!r} against gold {gold!r}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Answer checking; see the docstring of verify.py.")
+    parser.add_argument("--agreement", metavar="MATH500_JSONL",
+                        help="compare the builtin and math_verify backends on MATH-500")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # see _Worker
+    args = parser.parse_args()
+    if args.worker:
+        _serve_worker()
+    elif args.agreement:
+        _agreement(args.agreement)
+    else:
+        parser.print_help()
+
+
+# ---------------------------------------------------------------------------------------------
+# Code
+# ---------------------------------------------------------------------------------------------
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import NamedTuple
+
+PYTHON_FENCE_TAGS = ("python", "python3", "py")
+# A fenced block: an opening fence with an optional language tag, then a closing fence, each
+# starting its own line.
+_FENCED_BLOCK = re.compile(r"^[ \t]*```[ \t]*([\w+-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
+_OPENING_PYTHON_FENCE = re.compile(r"^[ \t]*```[ \t]*(?:python3?|py)?[ \t]*\n", re.MULTILINE | re.IGNORECASE)
+
+
+def extract_code(completion: str) -> str | None:
+    """The program in a completion: the last fenced block tagged python (or py), else the last
+    untagged fenced block (so an output example after the program does not replace it), else the
+    text after an opening python fence that is never closed (generation stopped at the token limit,
+    or the model ended without the closing fence). None when there is no code.
+
+    >>> extract_code("Draft:\\n```python\\nprint(1)\\n```\\nFinal:\\n```py\\nprint(2)\\n```\\n")
+    'print(2)'
+    >>> extract_code("```python\\nprint(input())\\n```\\nOutput:\\n```\\n3\\n```")
+    'print(input())'
+    >>> extract_code("```python\\nprint(input())")
+    'print(input())'
+    >>> extract_code("No code here.") is None
+    True
+    """
+    blocks = list(_FENCED_BLOCK.finditer(completion))
+    python_bodies = [block[2] for block in blocks if block[1].lower() in PYTHON_FENCE_TAGS]
+    untagged_bodies = [block[2] for block in blocks if not block[1]]
+    if python_bodies or untagged_bodies:
+        code = (python_bodies or untagged_bodies)[-1]
+    else:
+        tail = completion[blocks[-1].end():] if blocks else completion
+        opening = _OPENING_PYTHON_FENCE.search(tail)
+        code = tail[opening.end():] if opening else ""
+    return code.rstrip() or None
+
+
+def outputs_match(expected: str, actual: str) -> bool:
+    """Stdin/stdout tests: the outputs are equal once trailing white space is dropped from every
+    line and trailing blank lines are dropped; leading white space counts.
+
+    >>> outputs_match("1 2\\n3\\n", "1 2   \\n3")
+    True
+    >>> outputs_match("1 2\\n", " 1 2\\n")
+    False
+    """
+    def lines(text):
+        return [line.rstrip() for line in text.rstrip().splitlines()]
+
+    return lines(expected) == lines(actual)
+
+
+def returns_match(expected: str, actual: str) -> bool:
+    """Function-call tests: the returned value, sent back as JSON (so tuples arrive as lists), equals
+    the expected JSON value. A return value that is not JSON fails.
+
+    >>> returns_match("[0, 1]", "[0, 1.0]"), returns_match("[0, 1]", "[1, 0]"), returns_match("3", "")
+    (True, False, False)
+    """
+    expected_value = json.loads(expected)
+    try:
+        return json.loads(actual) == expected_value
+    except ValueError:
+        return False
+
+
+class Verdict(NamedTuple):
+    """How a program did on one test."""
+
+    passed: bool
+    status: str  # "passed", "wrong answer", "runtime error", "time limit" or "not run"
+
+
+SANDBOX_UID_BASE = 100_000  # started as root, a program runs as uid SANDBOX_UID_BASE + supervisor pid
+MAX_OUTPUT_BYTES = 1 << 20  # a program's output (and any file it writes) is cut at this size
+MAX_PROCESSES = 8  # processes and threads a program may run at once (it counts as one)
+
+# The supervisor: a fresh interpreter (`python -I -S`: standard library only, no PYTHON* variables,
+# no current directory on sys.path) that run_tests starts in a temporary directory and a session of
+# its own. It forks one child per test, so every test starts from the same clean state and the
+# program's parent is the supervisor, never the trainer. Started as root, the supervisor stays root
+# (the program cannot signal it) and its children switch to a uid of their own; "kill every process
+# of that uid" then reaches processes that left the process group too. The supervisor is a child
+# subreaper: orphans of the program are re-parented to it, so once it has no children left, nothing
+# of the program is left. It never sees the expected outputs: it reports what the program printed or
+# returned, and run_tests judges.
+_SUPERVISOR = r'''
+import ctypes, json, os, resource, select, signal, sys, time
+
+# What the prelude below uses, imported once rather than in every child.
+import bisect, collections, copy, datetime, functools, heapq, io, itertools, math, operator, random
+import re, statistics, string, typing
+
+# The names LiveCodeBench's checker gives every program: LeetCode starter code uses `List` unimported.
+PRELUDE = """
+from string import *
+from re import *
+from datetime import *
+from collections import *
+from heapq import *
+from bisect import *
+from copy import *
+from math import *
+from random import *
+from statistics import *
+from itertools import *
+from functools import *
+from operator import *
+from io import *
+from sys import *
+from json import *
+from builtins import *
+from typing import *
+import string, re, datetime, collections, heapq, bisect, copy, math, random, statistics
+import itertools, functools, operator, io, sys, json
+sys.setrecursionlimit(50000)
+"""
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def processes_of(uid):
+    """Processes and threads running as `uid`: what RLIMIT_NPROC counts."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return count
+
+
+def children():
+    """Pids of the supervisor's children (alive or not yet reaped)."""
+    me, found = os.getpid(), []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == me:
+            found.append(int(pid))
+    return found
+
+
+def kill_sandbox_uid():
+    """kill(-1) from a process of the sandbox uid: every process of that uid dies, wherever it is."""
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setuid(sandbox_uid)
+            os.kill(-1, signal.SIGKILL)  # on Linux, everything the caller may signal except itself
+        except ProcessLookupError:
+            pass  # nothing to kill
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    if os.waitpid(helper, 0)[1] != 0:
+        sys.exit(f"cannot switch to the sandbox uid {sandbox_uid}")
+
+
+def kill_leftovers():
+    """SIGKILL every process of the program that is still alive."""
+    if sandbox_uid is not None:
+        return kill_sandbox_uid()
+    # Without a uid of its own, the program is reached through the process groups of the
+    # supervisor's children, and as a child subreaper the supervisor inherits every orphan.
+    for pid in children():
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def end_program(child):
+    """Kill whatever is left of the program and reap it all; the exit code of `child`."""
+    exit_code = None
+    while True:
+        # Until `child` is reaped, its pid and process group id cannot be reused: kill first.
+        kill_leftovers()
+        try:
+            while (reaped := os.waitpid(-1, os.WNOHANG))[0]:
+                if reaped[0] == child:
+                    exit_code = os.waitstatus_to_exitcode(reaped[1])
+        except ChildProcessError:
+            return exit_code
+        time.sleep(0.001)  # some are still dying, or new ones appeared: kill again
+
+
+def confine(input_fd, output_fd):
+    """In the child: the test's input as stdin, the output file as stdout, limits, then the uid."""
+    os.setpgid(0, 0)
+    os.dup2(input_fd, 0)
+    os.dup2(output_fd, 1)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # the pipes to run_tests too
+    random.seed()  # a fork copies the supervisor's random state
+    cpu_s = int(job["timeout_s"]) + 1  # a backstop: the supervisor enforces the wall-clock limit
+    for limit, value in [
+        (resource.RLIMIT_CPU, cpu_s),
+        (resource.RLIMIT_AS, job["memory_mb"] << 20),
+        (resource.RLIMIT_FSIZE, job["max_output_bytes"]),  # writing past it kills with SIGXFSZ
+        (resource.RLIMIT_NPROC, max_processes),
+        (resource.RLIMIT_CORE, 0),
+    ]:
+        hard = resource.getrlimit(limit)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+        resource.setrlimit(limit, (value, value))
+    if sandbox_uid is not None:
+        # The sandbox uid may be unable to reach the Python installation (one under /root, say):
+        # it imports through directory descriptors opened now, which need no access to the parents.
+        sys.path = [f"/proc/self/fd/{os.open(path, os.O_RDONLY | os.O_DIRECTORY)}"
+                    for path in sys.path if os.path.isdir(path)]
+        os.setgroups([])
+        os.setgid(sandbox_uid)
+        os.setuid(sandbox_uid)
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # else a uid switch makes /proc/self root's
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid programs (su, sudo) cannot raise it again
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
+    sys.stdin = open(0, encoding="utf-8", closefd=False)
+    sys.stdout = open(1, "w", encoding="utf-8", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
+
+
+def call_function(namespace, test):
+    """Call the tested function, a method of `Solution` (LeetCode style) or a plain function, on the
+    test's arguments: one JSON value per line, as in LiveCodeBench."""
+    arguments = [json.loads(line) for line in test["input"].splitlines() if line.strip()]
+    name, solution = test["fn_name"], namespace.get("Solution")
+    function = getattr(solution(), name) if hasattr(solution, name) else namespace[name]
+    return function(*arguments)
+
+
+def run_program(test):
+    """Run the program on one test the way `python solution.py` would; its exit status."""
+    namespace = {"__name__": "__main__"}
+    try:
+        if test["fn_name"]:
+            sys.stdout = open(os.devnull, "w")  # a function's answer is what it returns, not prints
+        exec(PRELUDE, namespace)
+        exec(compile(job["program"], "solution.py", "exec"), namespace)
+        if test["fn_name"]:
+            os.write(1, json.dumps(call_function(namespace, test)).encode())
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    except BaseException:
+        status = 1
+    try:
+        sys.stdout.flush()
+    except BaseException:
+        status = 1
+    return status
+
+
+def run_test(test):
+    """Run the program on one test in a forked child: how it ended and what it printed."""
+    input_fd, output_fd = os.memfd_create("stdin"), os.memfd_create("stdout")
+    with open(input_fd, "wb", closefd=False) as stdin:
+        stdin.write(b"" if test["fn_name"] else test["input"].encode())
+    os.lseek(input_fd, 0, os.SEEK_SET)
+    child = os.fork()
+    if child == 0:
+        status = 125  # the sandbox could not be set up
+        try:
+            confine(input_fd, output_fd)
+            status = run_program(test)
+        finally:
+            os._exit(status & 0xFF)
+    exited = os.pidfd_open(child)
+    timed_out = not select.select([exited], [], [], job["timeout_s"])[0]
+    os.close(exited)
+    exit_code = end_program(child)
+    output = os.pread(output_fd, job["max_output_bytes"], 0)
+    os.close(input_fd)
+    os.close(output_fd)
+    return {"timed_out": timed_out, "exit_code": exit_code, "output": output.decode("utf-8", "replace")}
+
+
+link_in = os.fdopen(os.dup(0), "rb")  # from run_tests: the job, then a line for each test to run
+link_out = os.fdopen(os.dup(1), "wb")  # to run_tests: a JSON line for each test run
+job = json.loads(link_in.readline())
+libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+if os.getuid() == 0:
+    sandbox_uid = job["sandbox_uid_base"] + os.getpid()  # no other live supervisor has this pid
+    max_processes = job["max_processes"]
+    os.chown(".", sandbox_uid, sandbox_uid)  # the working directory is the program's
+    kill_sandbox_uid()  # checks the switch works, and clears what a crashed predecessor left
+else:
+    sandbox_uid = None
+    max_processes = processes_of(os.getuid()) + job["max_processes"]  # RLIMIT_NPROC counts them all
+for test in job["tests"]:
+    if not link_in.readline():
+        break  # run_tests wants no more tests
+    link_out.write(json.dumps(run_test(test)).encode() + b"\n")
+    link_out.flush()
+'''
+
+
+def _judge(test: dict, report: dict) -> Verdict:
+    """The result of one test from the supervisor's report of how the program ran."""
+    if report["timed_out"]:
+        return Verdict(False, "time limit")
+    if report["exit_code"] != 0:
+        return Verdict(False, "runtime error")
+    match = returns_match if test.get("fn_name") else outputs_match
+    passed = match(test["output"], report["output"])
+    return Verdict(passed, "passed" if passed else "wrong answer")
+
+
+def _kill_session(process: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session=True and its process group."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def run_tests(program: str, tests: list[dict], timeout_s: float = 2.0, memory_mb: int = 1024,
+              stop_at_first_failure: bool = False) -> list[Verdict]:
+    """Run a Python program on its tests in a sandboxed subprocess; one Verdict per test.
+
+    A test is {"input": stdin text, "output": expected stdout} or, LiveCodeBench's "functional"
+    style, {"fn_name": name, "input": the arguments as one JSON value per line, "output": the JSON
+    of the return value}; the function is a method of `class Solution` or a plain function.
+    Each test gets `timeout_s` seconds of wall-clock time and `memory_mb` of address space. With
+    `stop_at_first_failure`, the tests after the first failure are "not run".
+
+    >>> [r.status for r in run_tests("print(2 * int(input()))", [
+    ...     {"input": "2\\n", "output": "4\\n"}, {"input": "3\\n", "output": "5\\n"}])]
+    ['passed', 'wrong answer']
+    """
+    if not tests:
+        raise ValueError("run_tests needs at least one test")
+    for test in tests:
+        if not isinstance(test.get("input"), str) or not isinstance(test.get("output"), str):
+            raise ValueError(f"a test needs an 'input' and an 'output' string, got {test!r}")
+    job = {
+        "program": program,
+        "tests": [{"input": test["input"], "fn_name": test.get("fn_name")} for test in tests],
+        "timeout_s": timeout_s, "memory_mb": memory_mb, "max_output_bytes": MAX_OUTPUT_BYTES,
+        "max_processes": MAX_PROCESSES, "sandbox_uid_base": SANDBOX_UID_BASE,
+    }
+    results = []
+    with tempfile.TemporaryDirectory(prefix="run-tests-", ignore_cleanup_errors=True) as workdir:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _SUPERVISOR], cwd=workdir, env={"PATH": os.defpath},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        # The supervisor enforces the time limits; this only guards against the supervisor hanging.
+        backstop = threading.Timer(10 + len(tests) * (timeout_s + 1), _kill_session, [supervisor])
+        backstop.start()
+        try:
+            supervisor.stdin.write(json.dumps(job).encode() + b"\n")
+            for test in tests:
+                supervisor.stdin.write(b"\n")  # run the next test
+                supervisor.stdin.flush()
+                report = supervisor.stdout.readline()
+                if not report.endswith(b"\n"):
+                    break  # the supervisor is gone: the program killed it, or the backstop did
+                results.append(_judge(test, json.loads(report)))
+                if stop_at_first_failure and not results[-1].passed:
+                    break
+        except BrokenPipeError:
+            pass  # the supervisor is gone
+        finally:
+            _, stderr = supervisor.communicate()  # closes its stdin: it stops and exits
+            backstop.cancel()
+    if supervisor.returncode > 0:
+        raise RuntimeError(f"the code checker failed:\n{stderr.decode(errors='replace')}")
+    return results + [Verdict(False, "not run")] * (len(tests) - len(results))
+
+
+def code_reward(completion: str, tests: list[dict], fraction: bool = False, timeout_s: float = 2.0,
+                memory_mb: int = 1024) -> float:
+    """1.0 when the completion's program passes every test, else 0.0 (no program: 0.0); with
+    `fraction`, the fraction of tests passed.
+
+    >>> code_reward("```python\\nprint(2 * int(input()))\\n```", [{"input": "2", "output": "4"}])
+    1.0
+    """
+    program = extract_code(completion)
+    if program is None:
+        return 0.0
+    # For an all-or-nothing reward, the first failure decides: skip the rest.
+    results = run_tests(program, tests, timeout_s, memory_mb, stop_at_first_failure=not fraction)
+    passed = sum(result.passed for result in results)
+    return passed / len(tests) if fraction else float(passed == len(tests))
+
+
+def code_rewards(completions: list[str], tests_list: list[list[dict]], fraction: bool = False,
+                 timeout_s: float = 2.0, memory_mb: int = 1024, workers: int | None = None) -> list[float]:
+    """code_reward for a batch, checked in parallel: `workers` programs at a time, by default one
+    per CPU core this process may use (more would stretch wall-clock time limits)."""
+    if len(completions) != len(tests_list):
+        raise ValueError(f"{len(completions)} completions but {len(tests_list)} test lists")
+    check = partial(code_reward, fraction=fraction, timeout_s=timeout_s, memory_mb=memory_mb)
+    with ThreadPoolExecutor(workers or len(os.sched_getaffinity(0))) as pool:
+        return list(pool.map(check, completions, tests_list))
