@@ -1,0 +1,289 @@
+"""Tests of verify.py's math half: answer extraction, equivalence, gold answers, time bounds."""
+import json
+import re
+import threading
+import time
+from decimal import Decimal
+from fractions import Fraction
+
+import pytest
+
+from verify import extract_answer, gold_answer, is_equiv, math_reward, normalize_answer
+
+EQUIVALENCES = [
+    # (pred, gold, equal?)
+    ("72", "72", True),
+    ("1,234", "1234", True),
+    ("1234", "1,234", True),
+    (r"\$18.90", "18.9", True),
+    ("0.5", r"\frac{1}{2}", True),
+    ("1/2", r"\frac12", True),
+    (r"\dfrac{3}{4}", "0.75", True),
+    (r"\tfrac{3}{4}", r"\frac 34", True),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"(3, \frac{\pi}{2})", True),
+    (r"10\%", "10", True),  # MATH convention: the percent sign is dropped
+    ("x=3", "3", True),
+    ("3", "x = 3", True),
+    (r"x \in [-2,7]", "[-2, 7]", True),
+    (r"\text{13}", "13", True),
+    ("**73**", "73", True),
+    ("73.", "73", True),
+    (r"90^\circ", "90", True),
+    ("90°", "90", True),
+    ("2.5e3", "2500", True),
+    (r"4.5\times10^{33}", "4.5e33", True),
+    (r"\frac{\sqrt{3}}{3}", r"\frac{1}{\sqrt3}", True),
+    (r"2\sqrt{2}", r"\sqrt{8}", True),
+    (r"3\sqrt{13}", r"\sqrt{117}", True),
+    (r"\sqrt[3]{8}", "2", True),
+    (r"\pi/2", r"\frac{\pi}{2}", True),
+    ("(x+1)^2", "x^2+2x+1", True),
+    ("-5i+6", "6-5i", True),
+    (r"e^{i\pi}", "-1", True),
+    (r"\binom{5}{2}", "10", True),
+    ("2^{10}", "1024", True),
+    (r"\frac{-35}{9}", r"-\frac{35}{9}", True),
+    (r"1\frac{4}{5}", "9/5", True),  # a mixed number, as MATH writes them
+    ("025", "25", True),
+    (r"10,\!080", "10080", True),
+    (".5", "0.5", True),
+    ("y = 2x + 3", "y=3+2x", True),
+    (r"\cot x", r"\frac{\cos x}{\sin x}", True),
+    ("3, 5, 7", "7,5,3", True),  # a list of solutions, in any order
+    (r"\{1,-2\}", "1,-2", True),
+    ("(3,4]", "(3, 4]", True),
+    (r"(9,36) \cup (0,9)", r"(0,9)\cup(9,36)", True),
+    (r"1\pm\sqrt{19}", r"1+\sqrt{19}, 1-\sqrt{19}", True),
+    ("(1,8,19), (2,7,13)", "(2,7,13),(1,8,19)", True),
+    (r"\begin{pmatrix} 1/5 \\ -18/5 \end{pmatrix}", r"\begin{pmatrix} 0.2 \\ -3.6 \end{pmatrix}", True),
+    (r"\text{Evelyn}", "Evelyn", True),
+    (r"\text{(C)}", "C", True),
+    (r"5.4 \text{ cents}", "5.4", True),
+    (r"864 \mbox{ inches}^2", "864", True),
+    (r"\frac{270}7\text{ degrees}", r"\frac{270}{7}", True),
+    ("2/3", "2", False),
+    (r"4\sqrt{2}", "4", False),
+    ("1-1/e", "1+1/e", False),
+    ("0.33", r"\frac{1}{3}", False),
+    (r"\sqrt{2}", "1.414", False),
+    (r"\pi", "3.14", False),
+    ("72", "73", False),
+    ("-2", "2", False),
+    ("10", "100", False),
+    ("1e3", "100", False),
+    ("3", r"\frac{1}{3}", False),
+    (r"1\frac{1}{2}", r"\frac{1}{2}", False),
+    (r"10\%", "0.1", False),  # the flip side of dropping the percent sign
+    ("(3,4)", "(3,4]", False),
+    ("(1,2)", "(2,1)", False),  # tuples are ordered
+    ("(1,2)", "1,2", False),
+    ("1,2", "1,2,3", False),
+    ("x=3", "y=3", False),
+    ("x = 3", "x = -3", False),
+    ("2x+3", "2x-3", False),
+    ("x^2", "x^3", False),
+    ("6+9i", "6-9i", False),
+    (r"\infty", r"-\infty", False),
+    (r"\text{east}", r"\text{west}", False),
+    (r"\text{ab}", r"\text{ba}", False),  # words are not products of symbols
+    ("52_8", "528", False),  # base 8
+    ("52_8", "52_9", False),
+    ("5", "", False),
+    ("", "5", False),
+    (None, "5", False),
+    ("5", None, False),
+]
+
+
+@pytest.mark.parametrize("pred, gold, equal", EQUIVALENCES)
+def test_is_equiv(pred, gold, equal):
+    assert is_equiv(pred, gold) is equal
+
+
+@pytest.mark.parametrize("text, answer", [
+    (r"so the answer is \boxed{5}.", "5"),
+    (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+    (r"first \boxed{3}, then \boxed{4}", "4"),
+    (r"\fbox{7}", "7"),
+    (r"$\boxed 5$", "5"),
+    (r"\boxed{3} and then \boxed{4", "3"),  # the last box was cut off
+    (r"\boxed{2} #### 3", "2"),
+    ("3 + 4 = 7\n#### 1,234", "1,234"),
+    ("The answer is 42.", "42"),
+    ("So the final answer is $\\frac{1}{2}$.\n", r"\frac{1}{2}"),
+    ("The answer is 3.5. That is all.", "3.5"),
+    ("no answer here", None),
+    ("", None),
+    (None, None),
+])
+def test_extract_answer(text, answer):
+    assert extract_answer(text) == answer
+
+
+def test_normalize_answer():
+    assert normalize_answer(r"$\left( 3, \dfrac{\pi}{2} \right)$") == r"(3,\frac{\pi}{2})"
+    assert normalize_answer(r"\$32,\!348") == "32348"
+    assert normalize_answer(r"\cot x") == r"\cot x"  # the space is what separates \cot from x
+
+
+def test_math_reward():
+    assert math_reward(r"We find $x = \boxed{\dfrac{3}{4}}$.", "0.75") == 1.0
+    assert math_reward(r"We find $x = \boxed{\dfrac{3}{5}}$.", "0.75") == 0.0
+    assert math_reward("no idea", "0.75") == 0.0
+
+
+def test_math_verify_backend():
+    pytest.importorskip("math_verify")
+    assert is_equiv(r"\frac{1}{2}", "0.5", backend="math_verify")
+    assert not is_equiv(r"\frac{1}{3}", "0.5", backend="math_verify")
+
+
+def test_math_verify_backend_missing(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ImportError, match="pip install math-verify"):
+        is_equiv("1", "1", backend="math_verify")
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="builtin"):
+        is_equiv("1", "1", backend="wolfram")
+
+
+# --- the benchmark files ---------------------------------------------------------------------
+
+def read_jsonl(path):
+    with open(path) as lines:
+        return [json.loads(line) for line in lines]
+
+
+LONE_FRACTION = re.compile(r"(?<![\w}^])(?<!\d )\\frac\{(\d+)\}\{(\d+)\}(?![\w{^])")
+
+
+def as_decimal_or_slash(match):
+    """`\\frac{3}{4}` as `0.75` when that decimal is exact, else as `3/4`."""
+    top, bottom = int(match[1]), int(match[2])
+    decimal = Decimal(top) / Decimal(bottom)
+    return str(decimal) if Fraction(decimal) == Fraction(top, bottom) else f"{top}/{bottom}"
+
+
+def equal_rewrites(answer):
+    """Rewritings of a MATH answer that keep its value, each different from the answer."""
+    rewrites = [
+        LONE_FRACTION.sub(as_decimal_or_slash, answer),
+        answer.replace(r"\frac", r"\dfrac"),
+        re.sub(r"\s*([+=]|,(?!\\!|\d{3}))\s*", r" \1 ", answer),  # not in 10,\!080 or 58,500
+        f"${answer}$",
+    ]
+    if answer.startswith("(") and answer.endswith(")") and r"\left" not in answer:
+        rewrites.append(r"\left(" + answer[1:-1] + r"\right)")
+    return [rewrite for rewrite in dict.fromkeys(rewrites) if rewrite != answer]
+
+
+def one_number_changed(answer):
+    """The answer with its first number increased by one, or None when it has no number."""
+    number = re.search(r"\d+", answer)
+    if number is None:
+        return None
+    bumped = str(int(number[0]) + 1).zfill(len(number[0]))  # .0672 becomes .0673, not .673
+    return answer[: number.start()] + bumped + answer[number.end() :]
+
+
+def test_gsm8k_gold_answers_are_numbers(shared_data):
+    rows = read_jsonl(shared_data / "gsm8k" / "test.jsonl")
+    golds = [gold_answer(row["answer"]) for row in rows]
+    assert len(golds) == 1319
+    for gold in golds:
+        number = Fraction(gold.replace(",", ""))  # raises ValueError when it is not a number
+        assert is_equiv(gold, str(number)) and not is_equiv(gold, str(number + 1)), gold
+    assert golds[0] == "18"  # Janet's ducks
+    assert math_reward(r"She makes \boxed{18} dollars.", golds[0]) == 1.0
+
+
+def test_math500_rewrites(shared_data):
+    golds = [gold_answer(row["answer"]) for row in read_jsonl(shared_data / "math500" / "test.jsonl")]
+    equal = [(rewrite, gold) for gold in golds for rewrite in equal_rewrites(gold)]
+    unequal = [(one_number_changed(gold), gold) for gold in golds if one_number_changed(gold)]
+    equal_right = sum(is_equiv(rewrite, gold) for rewrite, gold in equal)
+    # the last rewrite of each answer also goes through extraction, boxed inside a sentence
+    boxed_right = sum(
+        math_reward(f"Putting it together, we get $\\boxed{{{rewrites[-1]}}}$ as claimed.", gold) == 1
+        for gold in golds if (rewrites := equal_rewrites(gold))
+    )
+    unequal_wrong = [(changed, gold) for changed, gold in unequal if is_equiv(changed, gold)]
+    print(f"equal rewrites judged equal: {equal_right}/{len(equal)}, boxed in a sentence: "
+          f"{boxed_right}/{len(golds)}, one number changed judged unequal: "
+          f"{len(unequal) - len(unequal_wrong)}/{len(unequal)}")
+    assert len(equal) > 600 and len(unequal) > 450
+    assert equal_right >= 0.99 * len(equal)
+    assert boxed_right >= 0.99 * len(golds)
+    assert unequal_wrong == []
+
+
+@pytest.mark.parametrize("folder, field", [
+    ("amc23", "answer"), ("aime24", "answer"), ("minerva_math", "solution"),
+    ("olympiadbench", "final_answer"),
+])
+def test_other_benchmark_gold_answers(shared_data, folder, field):
+    golds = [gold_answer(row[field]) for row in read_jsonl(shared_data / folder / "test.jsonl")]
+    assert all(golds)
+    for gold in golds:
+        assert math_reward(f"Hence the answer is $\\boxed{{{gold}}}$.", gold) == 1.0, gold
+        if changed := one_number_changed(gold):
+            assert math_reward(f"Hence the answer is $\\boxed{{{changed}}}$.", gold) == 0.0, gold
+
+
+def test_gold_answer_formats():
+    assert gold_answer("so 2 * 3 = 6\n#### 1,234") == "1,234"
+    assert gold_answer(27.0) == "27" and gold_answer(2.5) == "2.5" and gold_answer(25) == "25"
+    assert gold_answer(r"the image is $\boxed{1.6} \mathrm{~cm}$") == "1.6"
+    assert gold_answer(["$(1,2), (3,4)$"]) == "(1,2), (3,4)"
+    assert gold_answer(["$69$", "$84$"]) == "69, 84"
+    assert gold_answer(r"\$32") == r"\$32"
+
+
+# --- time bounds and odd input -----------------------------------------------------------------
+
+PATHOLOGICAL = [
+    r"9^{9^{9^{9}}}",  # refused before sympy sees it
+    r"(9^{9})^{9^{9}}",  # reaches sympy: the worker is killed after TIMEOUT_SECONDS
+    "+".join(["x"] * 2500),  # 5,000 characters
+    r"\frac{1}{2",  # unbalanced braces
+    r"\sqrt{",
+    "}}}{{{",
+]
+
+
+@pytest.mark.parametrize("pred", PATHOLOGICAL)
+def test_pathological_input_is_false_and_fast(pred):
+    start = time.monotonic()
+    assert is_equiv(pred, "9") is False
+    assert time.monotonic() - start < 10
+    assert is_equiv(r"2\sqrt{2}", r"\sqrt{8}")  # the worker still answers afterwards
+
+
+def test_time_bound_in_a_thread_leaves_no_thread():
+    threads_before = threading.active_count()
+    results = {}
+
+    def check():
+        results["tower"] = is_equiv(r"(9^{9})^{9^{9}}", "9")
+        results["sqrt"] = is_equiv(r"2\sqrt{2}", r"\sqrt{8}")
+
+    start = time.monotonic()
+    thread = threading.Thread(target=check)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and time.monotonic() - start < 10
+    assert results == {"tower": False, "sqrt": True}
+    assert threading.active_count() == threads_before
+
+
+def test_none_empty_and_huge_input():
+    huge = "1" * 1_000_000
+    assert extract_answer("x" * 1_000_000 + r"\boxed{5}") == "5"
+    assert extract_answer(r"\boxed{" * 150_000) is None  # unclosed boxes: still linear time
+    assert extract_answer("answer is" + " " * 1_000_000) is None
+    assert is_equiv(huge, "1") is False and is_equiv("1", huge) is False
+    assert math_reward(r"\boxed{" + huge + "}", "1") == 0.0
+    assert math_reward(None, "1") == 0.0 and math_reward("", "1") == 0.0
+    assert normalize_answer("") == ""
