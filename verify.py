@@ -28,6 +28,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import select
 import subprocess
 import sys
@@ -364,10 +365,18 @@ def _serve_worker() -> None:
     """The worker process: read `[backend, pred, gold]` JSON lines, answer `true` or `false`."""
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout = sys.stderr  # a stray print from a library must not break the protocol
-    import sympy  # noqa: F401  imported before "ready", so that no comparison waits for it
+    # imported before "ready", so that no comparison is timed out by an import
+    import sympy  # noqa: F401
+    if importlib.util.find_spec("math_verify"):
+        import math_verify  # noqa: F401
 
     print("ready", file=answers, flush=True)
     for line in sys.stdin:
+        # A CPU limit of its own for each request: a worker whose parent died in the middle of a
+        # request (killed, so no atexit) stops a few seconds later instead of running on.
+        cpu_seconds = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system
+        limit = int(cpu_seconds + TIMEOUT_SECONDS) + 2  # SIGXCPU kills it past this
+        resource.setrlimit(resource.RLIMIT_CPU, (limit, resource.getrlimit(resource.RLIMIT_CPU)[1]))
         backend, pred, gold = json.loads(line)
         try:
             if backend == "math_verify":

@@ -1,10 +1,13 @@
 """Tests of verify.py's math half: answer extraction, equivalence, gold answers, time bounds."""
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -287,3 +290,30 @@ def test_none_empty_and_huge_input():
     assert math_reward(r"\boxed{" + huge + "}", "1") == 0.0
     assert math_reward(None, "1") == 0.0 and math_reward("", "1") == 0.0
     assert normalize_answer("") == ""
+
+
+def test_worker_stops_when_its_parent_is_killed_during_a_comparison():
+    parent = (
+        "import os, signal, threading, time, verify\n"
+        "verify.is_equiv(r'2\\sqrt2', r'\\sqrt8')\n"
+        "print(verify._worker.process.pid, flush=True)\n"
+        "threading.Thread(target=verify.is_equiv, args=(r'(9^9)^{9^9}', '9')).start()\n"
+        "time.sleep(0.5)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)  # no atexit: the worker is left mid-computation\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    # stderr not captured: the worker inherits it, and run() would wait for the worker to close it
+    run = subprocess.run([sys.executable, "-c", parent], cwd=root, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True)
+    worker_pid = int(run.stdout)
+
+    def running():  # an orphan that exited may stay a zombie until init reaps it
+        try:
+            return Path(f"/proc/{worker_pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running()
