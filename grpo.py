@@ -101,6 +101,7 @@ def resolve_model_name(name: str) -> str:
 
 def load_model(cfg: Config, device):
     """The policy and its tokenizer. Left padding: generation appends on the right."""
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if cfg.model == "toy":
@@ -108,11 +109,13 @@ def load_model(cfg: Config, device):
 
         model, tokenizer = toy.load_baby_model()
     else:
-        name, extra = resolve_model_name(cfg.model), {}
-        if name.endswith(".gguf"):  # transformers de-quantizes GGUF weights into a normal model
+        name, extra, model_extra = resolve_model_name(cfg.model), {}, {}
+        if name.endswith(".gguf"):
             name, extra = str(Path(name).parent), {"gguf_file": Path(name).name}
+            if hasattr(transformers, "GgufConfig"):  # else recent versions may keep untrainable GGUF blocks
+                model_extra = {"quantization_config": transformers.GgufConfig(dequantize=True)}
         tokenizer = AutoTokenizer.from_pretrained(name, **extra)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **extra)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **extra, **model_extra)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -237,11 +237,11 @@ def test_no_signal_step_makes_no_update(tiny_model_dir, tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def first_token_rollouts(target_token):
-    """Reward 1 for a completion that starts with `target_token`: a trivially learnable behaviour."""
+def first_token_rollouts(targets):
+    """Reward 1 for a completion whose first token is in `targets`: a trivially learnable behaviour."""
     def make_rollouts(policy, examples, rng):
         groups = policy.sample([ex["prompt_ids"] for ex in examples], policy.cfg.group_size)
-        rollouts = [grpo.Rollout(ex["prompt_ids"], response, float(response[0] == target_token), i,
+        rollouts = [grpo.Rollout(ex["prompt_ids"], response, float(response[0] in targets), i,
                                  policy.truncated(response))
                     for i, (ex, responses) in enumerate(zip(examples, groups)) for response in responses]
         return rollouts, {}
@@ -252,9 +252,9 @@ def test_reward_rises_on_a_trivial_behaviour(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     args = tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), out, "--steps", "30",
                          "--prompts-per-step", "4", "--group-size", "8", "--max-new-tokens", "2",
-                         "--lr", "3e-3", "--eval-size", "1", "--save-every", "1000")
-    target = 300  # an ordinary BPE token of the tiny vocabulary
-    grpo.train(grpo.parse_config(argv=args), make_rollouts=first_token_rollouts(target))
+                         "--lr", "1e-2", "--eval-size", "1", "--save-every", "1000")
+    targets = set(range(200, 264))  # 64 of the 512 tokens: about 1 in 8 at the start
+    grpo.train(grpo.parse_config(argv=args), make_rollouts=first_token_rollouts(targets))
     rewards = [json.loads(line)["reward_mean"] for line in (out / "metrics.jsonl").read_text().splitlines()[1:]]
     assert sum(rewards[:5]) / 5 < 0.2
     assert sum(rewards[-5:]) / 5 > 0.6

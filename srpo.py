@@ -1,0 +1,57 @@
+"""SRPO: GRPO with self resets. The rollout buffer is RRPO's (rrpo.py); only the reset step differs:
+the policy itself points at the step where its failed solution went wrong.
+
+    fresh:    y_1  y_2  ...  parent (first wrong one; never trained on)
+                               |  shown to the same model, numbered: "Step 1: ... Step n: ..."
+                               |  "the final answer is wrong; which step did the error start in?
+                               |   do not re-solve; end with \\boxed{k}"   (temperature 0.3)
+                               v
+                             k = the last \\boxed{k} with k in 1..n, else the last "Step k", else 1
+    group 1:  B/2 other fresh solutions                     trained on every response token
+    group 2:  B/2 suffixes from  prompt + s_1..s_{k-1}      trained on suffix tokens only
+
+    advantages   A_i = (r_i - mean(r_g)) / std(r_g)  within each group g separately
+    loss         - mean_i( A_i * mean_{t in trained tokens of i} log pi(y_i,t) )      (grpo.py)
+
+Step k is resampled: if the model localized its error well, the suffixes restart from a clean
+prefix and their reward differences credit the decision at step k. Localization tokens are never
+trained on. `--reset random` gives RRPO and `--reset oracle` the true first error (toy task).
+
+    python srpo.py                                                    # built-in demo, CPU
+    python srpo.py --model Qwen2.5-1.5B --dataset gsm8k               # one GPU
+    torchrun --nproc_per_node 8 srpo.py --model Qwen2.5-1.5B --dataset gsm8k
+"""
+from dataclasses import dataclass
+
+import grpo
+import localize
+import rrpo
+
+
+@dataclass
+class SRPOConfig(rrpo.ResetConfig):
+    reset: str = "self"  # how the reset step is chosen: self (SRPO), random (RRPO), oracle (true first error)
+    loc_temperature: float = 0.3  # sampling temperature of the localization pass
+    loc_max_new_tokens: int = 1024  # length cap of the localization answer
+    out: str = "runs/srpo"  # output folder: metrics.jsonl and checkpoint-{step}/
+
+
+def self_resets(policy, examples, parent_steps, rng, diagnostics):
+    """Ask the policy, in one batched call, where each failed solution went wrong."""
+    cfg, tokenizer = policy.cfg, policy.tokenizer
+    prompts = [tokenizer(grpo.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps)),
+                         add_special_tokens=False).input_ids for ex, steps in zip(examples, parent_steps)]
+    answers = policy.sample(prompts, 1, temperature=cfg.loc_temperature, max_new_tokens=cfg.loc_max_new_tokens)
+    reset_steps = []
+    for (answer,), steps in zip(answers, parent_steps):
+        k = localize.parse_error_step_or_none(policy.text(answer), len(steps))
+        diagnostics.setdefault("loc_parse_fail_frac", []).append(float(k is None))
+        diagnostics.setdefault("loc_len_mean", []).append(len(answer))
+        reset_steps.append(k or 1)
+    return reset_steps
+
+
+if __name__ == "__main__":
+    cfg = grpo.parse_config(SRPOConfig)
+    choose = self_resets if cfg.reset == "self" else rrpo.resets_by_name(cfg.reset)
+    grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, choose))

@@ -1,0 +1,246 @@
+"""rrpo.py and srpo.py: the rollout buffer of one prompt, checked exactly with a scripted policy,
+then end to end on a tiny random model and on the real SmolLM2."""
+import json
+import random
+
+import pytest
+import torch
+
+import grpo
+import localize
+import rrpo
+import srpo
+
+RIGHT = "2 + 3 = 5</thought>Check: 5</thought>\\boxed{5}</thought>"
+WRONG = "2 + 3 = 6</thought>6 is odd</thought>So 6</thought>\\boxed{6}</thought>"
+
+
+class ScriptedPolicy(grpo.Policy):
+    """grpo.Policy with `sample` replaced by a script: script(prompt_text, n, call) -> n texts.
+    Records every call, so the tests can check what was asked, in how many batched calls."""
+
+    def __init__(self, tokenizer, cfg, script):
+        self.model, self.tokenizer, self.cfg, self.script = None, tokenizer, cfg, script
+        self.stop, self.tokens_generated, self.calls = {tokenizer.eos_token_id}, 0, []
+
+    def sample(self, prompts, n, temperature=None, max_new_tokens=None, greedy=False):
+        self.calls.append({"prompts": prompts, "n": n, "temperature": temperature})
+        texts = [self.script(self.tokenizer.decode(p), n, len(self.calls)) for p in prompts]
+        return [[self.tokenizer(t, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
+                 for t in group] for group in texts]
+
+
+def make_examples(tokenizer, n=1):
+    examples = [{"question": f"What is 2 + 3? (copy {i})", "answer": "5"} for i in range(n)]
+    for ex in examples:
+        ex["prompt_ids"] = tokenizer(grpo.format_prompt(tokenizer, ex["question"]), add_special_tokens=False).input_ids
+    return examples
+
+
+def fresh_then_suffixes(fresh_texts, suffix_texts, localization="\\boxed{2}"):
+    """With B = 8 the phases ask for different n: fresh 5 (then 7), localization 1, suffixes 4."""
+    def script(prompt, n, call):
+        if n == 1:
+            return [localization]
+        if n == 4:
+            return suffix_texts[:n]
+        return [fresh_texts.pop(0) for _ in range(n)]
+    return script
+
+
+@pytest.fixture()
+def cfg():
+    return srpo.SRPOConfig(group_size=8, max_fresh=12)
+
+
+def test_buffer_layout_parent_excluded_and_prefix_token_exact(tiny_tokenizer, cfg):
+    fresh = [RIGHT, WRONG, RIGHT, WRONG, RIGHT]  # the first wrong one (index 1) is the parent
+    suffixes = ["3 = 5</thought>\\boxed{5}</thought>", "\\boxed{6}</thought>"] * 2
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(list(fresh), suffixes))
+    [example] = make_examples(tiny_tokenizer)
+    reset_step = random.Random(7).randint(1, 4)  # WRONG has 4 steps
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(7), rrpo.random_resets)
+
+    group1 = [r for r in rollouts if r.group == 0]
+    group2 = [r for r in rollouts if r.group == 1]
+    assert len(group1) == 4 and len(group2) == 4
+    parent_ids = tiny_tokenizer(WRONG, add_special_tokens=False).input_ids + [tiny_tokenizer.eos_token_id]
+    # Group 1: the four fresh solutions other than the parent, in order, on the bare prompt.
+    expected = [fresh[j] for j in (0, 2, 3, 4)]
+    assert [policy.text(r.response_ids) for r in group1] == expected
+    assert all(r.prompt_ids == example["prompt_ids"] for r in group1)
+    assert sum(r.response_ids == parent_ids for r in rollouts) == 1  # the other WRONG, not the parent
+    # Group 2: context = prompt + the parent's own ids up to the end of step k-1.
+    ends = localize.step_token_ends(tiny_tokenizer, parent_ids)
+    prefix = parent_ids[:ends[reset_step - 2]] if reset_step > 1 else []
+    steps = localize.split_steps(WRONG)
+    for r in group2:
+        assert r.prompt_ids == example["prompt_ids"] + prefix
+        assert tiny_tokenizer.decode(prefix) == "".join(steps[:reset_step - 1])
+    # Suffixes are judged as whole solutions: prefix + suffix.
+    assert [r.reward for r in group2] == [
+        grpo.reward(example, tiny_tokenizer.decode(prefix + r.response_ids, skip_special_tokens=True))
+        for r in group2]
+    assert diagnostics["reset_frac"] == [1.0] and diagnostics["reset_step_mean"] == [reset_step]
+    assert diagnostics["fresh_attempts_mean"] == [5]
+
+
+def test_suffix_mask_covers_only_suffix_tokens(tiny_tokenizer, cfg):
+    from conftest import make_model
+
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(
+        [WRONG, RIGHT, RIGHT, RIGHT, WRONG], ["\\boxed{5}</thought>", "x</thought>\\boxed{6}</thought>"] * 2))
+    rollouts, _ = rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(3),
+                                      lambda *args: [3])  # reset at step 3: prefix = steps 1..2
+    suffixes = [r for r in rollouts if r.group == 1]
+    _, mask = grpo.response_logprobs(make_model(tiny_tokenizer), suffixes, tiny_tokenizer.pad_token_id, 1.0)
+    assert mask.sum(-1).tolist() == [len(r.response_ids) for r in suffixes]
+    parent_ids = tiny_tokenizer(WRONG, add_special_tokens=False).input_ids
+    prefix_len = localize.step_token_ends(tiny_tokenizer, parent_ids)[1]
+    assert all(len(r.prompt_ids) == len(make_examples(tiny_tokenizer)[0]["prompt_ids"]) + prefix_len
+               for r in suffixes)
+
+
+def test_advantages_are_normalised_within_each_group(tiny_tokenizer, cfg):
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(
+        [WRONG, RIGHT, RIGHT, RIGHT, RIGHT], ["\\boxed{5}</thought>", "\\boxed{6}</thought>",
+                                              "\\boxed{6}</thought>", "\\boxed{6}</thought>"]))
+    rollouts, _ = rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(0), lambda *a: [4])
+    advantages = grpo.group_advantages(torch.tensor([r.reward for r in rollouts]),
+                                       torch.tensor([r.group for r in rollouts]))
+    groups = [r.group for r in rollouts]
+    # Group 1 is all right: zero advantage, even though group 2 has failures (no mixing).
+    assert advantages[[g == 0 for g in groups]].tolist() == [0.0] * 4
+    # Group 2: rewards 1, 0, 0, 0 -> mean 1/4, std sqrt(3)/4.
+    assert advantages[[g == 1 for g in groups]].tolist() == pytest.approx([3 ** 0.5, -(3 ** -0.5), -(3 ** -0.5),
+                                                                           -(3 ** -0.5)])
+
+
+def test_no_failure_falls_back_to_grpo(tiny_tokenizer, cfg):
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([RIGHT] * 12, []))
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(0))
+    assert len(rollouts) == 8 and {r.group for r in rollouts} == {0}
+    assert diagnostics["reset_frac"] == [0.0] and diagnostics["fresh_attempts_mean"] == [12]
+    assert [c["n"] for c in policy.calls] == [5, 7]  # a second round only for the unfailed prompt
+
+
+def test_failure_in_second_round_becomes_parent(tiny_tokenizer, cfg):
+    fresh = [RIGHT] * 5 + [RIGHT, RIGHT, WRONG, RIGHT, RIGHT, RIGHT, RIGHT]
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(fresh, [RIGHT] * 4))
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(0))
+    assert diagnostics["reset_frac"] == [1.0]
+    assert [r.group for r in rollouts] == [0] * 4 + [1] * 4
+
+
+def test_phases_are_batched_over_prompts(tiny_tokenizer, cfg):
+    examples = make_examples(tiny_tokenizer, n=3)
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([WRONG, RIGHT, RIGHT, RIGHT, RIGHT] * 3,
+                                                                     [RIGHT] * 4))
+    rollouts, _ = rrpo.reset_rollouts(policy, examples, random.Random(0), srpo.self_resets)
+    # fresh, localization, suffixes: one call each, for all three prompts
+    assert [len(c["prompts"]) for c in policy.calls] == [3, 3, 3]
+    assert [c["n"] for c in policy.calls] == [5, 1, 4]
+    assert len(rollouts) == 3 * 8
+
+
+def test_self_localization_prompt_temperature_and_parse(tiny_tokenizer, cfg):
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([WRONG] + [RIGHT] * 4, [RIGHT] * 4,
+                                                                     localization="It starts in \\boxed{2}."))
+    [example] = make_examples(tiny_tokenizer)
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(0), srpo.self_resets)
+    localization_call = policy.calls[1]
+    expected_prompt = grpo.format_chat(tiny_tokenizer,
+                                       localize.localization_prompt(example["question"], localize.split_steps(WRONG)))
+    assert tiny_tokenizer.decode(localization_call["prompts"][0]) == expected_prompt
+    assert localization_call["temperature"] == 0.3
+    assert diagnostics["reset_step_mean"] == [2] and diagnostics["loc_parse_fail_frac"] == [0.0]
+    parent_ids = tiny_tokenizer(WRONG, add_special_tokens=False).input_ids + [tiny_tokenizer.eos_token_id]
+    prefix = parent_ids[:localize.step_token_ends(tiny_tokenizer, parent_ids)[0]]
+    assert all(r.prompt_ids == example["prompt_ids"] + prefix for r in rollouts if r.group == 1)
+    localization_ids = tiny_tokenizer("It starts in \\boxed{2}.", add_special_tokens=False).input_ids
+    assert all(r.response_ids[:len(localization_ids)] != localization_ids for r in rollouts)  # never trained
+
+
+def test_unparseable_localization_resets_at_step_one(tiny_tokenizer, cfg):
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([WRONG] + [RIGHT] * 4, [RIGHT] * 4,
+                                                                     localization="I am not sure."))
+    [example] = make_examples(tiny_tokenizer)
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(0), srpo.self_resets)
+    assert diagnostics["loc_parse_fail_frac"] == [1.0] and diagnostics["reset_step_mean"] == [1]
+    assert all(r.prompt_ids == example["prompt_ids"] for r in rollouts)  # k = 1: empty prefix
+
+
+def test_oracle_resets_at_true_first_error(tiny_tokenizer, cfg):
+    toy = pytest.importorskip("toy")
+    example = toy.make_examples(1, seed=3)[0]
+    steps = toy.solve_steps(example)
+    wrong = toy.inject_error(example, 2, random.Random(0))  # corrupt step 2
+    wrong_text = "".join(wrong) if isinstance(wrong, list) else wrong
+    example = dict(example, step_checker=toy.first_wrong_step)
+    example["prompt_ids"] = tiny_tokenizer(grpo.format_prompt(tiny_tokenizer, example["question"])).input_ids
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(
+        [wrong_text] + ["".join(steps)] * 4, ["".join(steps[1:])] * 4))
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(0), rrpo.oracle_resets)
+    assert diagnostics["reset_step_mean"] == [2] and diagnostics["loc_exact"] == [1.0]
+    assert diagnostics["suffix_acc_clean_prefix"] == [1.0] * 4
+
+
+def test_oracle_without_step_checker_fails_clearly(tiny_tokenizer, cfg):
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([WRONG] + [RIGHT] * 4, [RIGHT] * 4))
+    with pytest.raises(SystemExit, match="step checker"):
+        rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(0), rrpo.oracle_resets)
+
+
+def test_odd_group_size_is_refused():
+    with pytest.raises(SystemExit, match="even"):
+        rrpo.ResetConfig(group_size=7)
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------------
+
+
+def run_two_steps(config_class, choose, model_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n"
+                            for a in range(6)))
+    out = tmp_path / "run"
+    args = ["--model", str(model_dir), "--dataset", str(data), "--out", str(out), "--steps", "2",
+            "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "12",
+            "--eval-size", "2", "--eval-every", "0", "--temperature", "1.0", "--beta", "0.1"]
+    if config_class is srpo.SRPOConfig:
+        args += ["--loc-max-new-tokens", "6"]
+    cfg = grpo.parse_config(config_class, argv=args)
+    grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, choose))
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_rrpo_two_steps_tiny_model(tiny_model_dir, tmp_path):
+    lines = run_two_steps(rrpo.ResetConfig, rrpo.random_resets, tiny_model_dir, tmp_path)
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    assert lines[1]["reset_frac"] == 1.0  # a random model fails every fresh attempt
+    assert lines[1]["fresh_attempts_mean"] == 3.0 and 1 <= lines[1]["reset_step_mean"]
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+
+
+def test_srpo_two_steps_tiny_model(tiny_model_dir, tmp_path):
+    lines = run_two_steps(srpo.SRPOConfig, srpo.self_resets, tiny_model_dir, tmp_path)
+    assert [line["step"] for line in lines] == [0, 1, 2]
+    assert lines[1]["loc_parse_fail_frac"] is not None and lines[1]["loc_len_mean"] <= 6
+    assert lines[2]["samples_seen"] == 2 * 2 * 4
+
+
+def test_srpo_one_step_smollm2_gsm8k(smollm2_gguf, shared_data, tmp_path):
+    rows = [json.loads(line) for line in (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:2]]
+    data = tmp_path / "gsm8k2.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    cfg = grpo.parse_config(srpo.SRPOConfig, argv=[
+        "--model", str(smollm2_gguf), "--dataset", str(data), "--out", str(out), "--steps", "1",
+        "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "40",
+        "--loc-max-new-tokens", "16", "--eval-size", "1", "--eval-every", "0", "--save-every", "100"])
+    grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, srpo.self_resets))
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
+    assert line["samples_seen"] == 2 * 4 and line["reset_frac"] is not None
+    assert line["tokens_generated"] > 0
