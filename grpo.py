@@ -182,11 +182,17 @@ def load_examples(name: str, train: bool, cfg: Config) -> list[dict]:
             for row in rows]
 
 
-def reward(example: dict, completion: str) -> float:
-    """1.0 for a right final answer (math) or a program that passes every test (code)."""
-    if "tests" in example:
-        return verify.code_reward(completion, example["tests"])
-    return verify.math_reward(completion, example["answer"])
+def rewards(examples: list[dict], completions: list[str]) -> list[float]:
+    """1.0 for a right final answer (math) or a program that passes every test (code), else 0.0.
+    Programs are checked in parallel subprocesses; math answers one by one (they are cheap)."""
+    code = [i for i, example in enumerate(examples) if "tests" in example]
+    scores = [0.0 if i in code else verify.math_reward(completion, example["answer"])
+              for i, (example, completion) in enumerate(zip(examples, completions))]
+    if code:
+        checked = verify.code_rewards([completions[i] for i in code], [examples[i]["tests"] for i in code])
+        for i, score in zip(code, checked):
+            scores[i] = score
+    return scores
 
 
 def instruction_for(example: dict) -> str:
@@ -309,16 +315,17 @@ class Policy:
     def truncated(self, ids: list[int]) -> bool:
         return not ids or ids[-1] not in self.stop
 
-    def rollout(self, prompt_ids, response_ids, example, group) -> Rollout:
-        return Rollout(prompt_ids, response_ids, reward(example, self.text(response_ids)), group,
-                       self.truncated(response_ids))
+    def score(self, examples: list[dict], responses: list[list[int]]) -> list[float]:
+        return rewards(examples, [self.text(ids) for ids in responses])
 
 
 def grpo_rollouts(policy: Policy, examples: list[dict], rng: random.Random):
     """G fresh solutions per prompt, one group per prompt. Returns (rollouts, diagnostics)."""
     groups = policy.sample([ex["prompt_ids"] for ex in examples], policy.cfg.group_size)
-    rollouts = [policy.rollout(ex["prompt_ids"], response, ex, group=i)
-                for i, (ex, responses) in enumerate(zip(examples, groups)) for response in responses]
+    flat = [(i, ex, response) for i, (ex, responses) in enumerate(zip(examples, groups)) for response in responses]
+    scores = policy.score([ex for _, ex, _ in flat], [response for _, _, response in flat])
+    rollouts = [Rollout(ex["prompt_ids"], response, score, group=i, truncated=policy.truncated(response))
+                for (i, ex, response), score in zip(flat, scores)]
     return rollouts, {}
 
 
@@ -487,8 +494,7 @@ def evaluate(model, tokenizer, examples, cfg, rank, world, device, batch=32) -> 
     for i in range(0, len(shard), batch):
         chunk = shard[i:i + batch]
         responses = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens, greedy=True)
-        correct += sum(reward(ex, tokenizer.decode(r[0], skip_special_tokens=True))
-                       for ex, r in zip(chunk, responses))
+        correct += sum(rewards(chunk, [tokenizer.decode(r[0], skip_special_tokens=True) for r in responses]))
     correct, count = all_sum([correct, len(shard)], device)
     return correct / max(count, 1)
 

@@ -53,8 +53,10 @@ def sample_fresh(policy, examples):
         if not pending or n <= 0:
             break
         groups = policy.sample([examples[i]["prompt_ids"] for i in pending], n)
-        for i, responses in zip(pending, groups):
-            fresh[i] += [(ids, grpo.reward(examples[i], policy.text(ids))) for ids in responses]
+        flat = [(i, ids) for i, responses in zip(pending, groups) for ids in responses]
+        scores = policy.score([examples[i] for i, _ in flat], [ids for _, ids in flat])
+        for (i, ids), score in zip(flat, scores):
+            fresh[i].append((ids, score))
         pending = [i for i in pending if all(score == 1 for _, score in fresh[i])]
     return fresh
 
@@ -86,7 +88,8 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
     for i, (example, samples) in enumerate(zip(examples, fresh)):
         parent = next((j for j, (_, score) in enumerate(samples) if score < 1), None)
         kept = [s for j, s in enumerate(samples) if j != parent][:half if parent is not None else cfg.group_size]
-        rollouts += [policy.rollout(example["prompt_ids"], ids, example, group=2 * i) for ids, _ in kept]
+        rollouts += [grpo.Rollout(example["prompt_ids"], ids, score, 2 * i, policy.truncated(ids))
+                     for ids, score in kept]
         diagnostics["reset_frac"].append(float(parent is not None))
         if parent is not None:
             resets.append((i, samples[parent][0]))
@@ -105,10 +108,13 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
         diagnostics["reset_pos_mean"].append(k / len(steps))
 
     contexts = [ex["prompt_ids"] + prefix for ex, prefix in zip(reset_examples, prefixes)]
-    for (i, _), example, prefix, context, suffixes, steps, k in zip(
-            resets, reset_examples, prefixes, contexts, policy.sample(contexts, half), parent_steps, reset_steps):
-        for suffix in suffixes:
-            score = grpo.reward(example, policy.text(prefix + suffix))  # the whole solution is judged
+    suffixes = policy.sample(contexts, half)
+    # Each suffix is judged as a whole solution: the parent's prefix followed by the suffix.
+    scores = policy.score([ex for ex in reset_examples for _ in range(half)],
+                          [prefix + suffix for prefix, group in zip(prefixes, suffixes) for suffix in group])
+    for n, ((i, _), example, context, group, steps, k) in enumerate(
+            zip(resets, reset_examples, contexts, suffixes, parent_steps, reset_steps)):
+        for suffix, score in zip(group, scores[n * half:(n + 1) * half]):
             rollouts.append(grpo.Rollout(context, suffix, score, 2 * i + 1, policy.truncated(suffix)))
             diagnostics["suffix_acc"].append(score)
         if "step_checker" in example:

@@ -78,9 +78,9 @@ def test_buffer_layout_parent_excluded_and_prefix_token_exact(tiny_tokenizer, cf
         assert r.prompt_ids == example["prompt_ids"] + prefix
         assert tiny_tokenizer.decode(prefix) == "".join(steps[:reset_step - 1])
     # Suffixes are judged as whole solutions: prefix + suffix.
-    assert [r.reward for r in group2] == [
-        grpo.reward(example, tiny_tokenizer.decode(prefix + r.response_ids, skip_special_tokens=True))
-        for r in group2]
+    assert [r.reward for r in group2] == grpo.rewards(
+        [example] * 4, [tiny_tokenizer.decode(prefix + r.response_ids, skip_special_tokens=True) for r in group2])
+    assert [r.reward for r in group2] == [1.0, 0.0, 1.0, 0.0]  # by the suffixes' own boxed answers
     assert diagnostics["reset_frac"] == [1.0] and diagnostics["reset_step_mean"] == [reset_step]
     assert diagnostics["fresh_attempts_mean"] == [5]
 
