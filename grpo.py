@@ -600,7 +600,7 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     samples_seen = state.get("samples_seen", 0)
     first_acc = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device) if start == 1 else None
     if first_acc is not None:
-        log({"step": 0, "eval_acc": first_acc})
+        log({"step": 0, "eval_acc": first_acc, "skipped_long_prompts": skipped})
     last_acc, step = first_acc, start - 1
     bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps, disable=rank != 0, desc=dataset)
     for step in bar:

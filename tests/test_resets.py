@@ -244,3 +244,30 @@ def test_srpo_one_step_smollm2_gsm8k(smollm2_gguf, shared_data, tmp_path):
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
     assert line["samples_seen"] == 2 * 4 and line["reset_frac"] is not None
     assert line["tokens_generated"] > 0
+
+
+def test_code_rollouts_are_scored_by_running_the_programs(tiny_tokenizer, cfg):
+    code_tasks = pytest.importorskip("code_tasks")
+    example = next(e for e in code_tasks.builtin_examples() if "wrong_solution" in e)
+    example["prompt_ids"] = tiny_tokenizer(grpo.format_prompt(tiny_tokenizer, example["question"])).input_ids
+
+    def program(source):
+        return f"Read n and the numbers.</thought>Take the maximum.</thought>\n```python\n{source}\n```"
+    right, wrong = program(example["solution"]), program(example["wrong_solution"])
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(
+        [right, wrong, right, right, wrong], [f"Take the maximum.</thought>\n```python\n{example['solution']}\n```",
+                                              f"Take the maximum.</thought>\n```python\n{example['wrong_solution']}\n```"] * 2))
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(1), lambda *a: [2])
+    assert [r.reward for r in rollouts if r.group == 0] == [1.0, 1.0, 1.0, 0.0]
+    assert [r.reward for r in rollouts if r.group == 1] == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_srpo_one_step_on_builtin_code_problems_tiny_model(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = grpo.parse_config(srpo.SRPOConfig, argv=[
+        "--model", str(tiny_model_dir), "--dataset", "code", "--out", str(out), "--steps", "1",
+        "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "12",
+        "--loc-max-new-tokens", "6", "--eval-size", "2", "--eval-every", "0", "--temperature", "1.0"])
+    grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, srpo.self_resets))
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
+    assert line["samples_seen"] == 2 * 4 and line["reset_frac"] == 1.0 and line["fresh_acc"] == 0.0
