@@ -295,3 +295,18 @@ def test_two_processes_end_with_identical_weights(tiny_model_dir, tmp_path):
     assert lines[2]["samples_seen"] == 2 * 2 * 4  # both ranks' rollouts are counted
     before, after = state_dict_of(tiny_model_dir), state_dict_of(tmp_path / "ddp" / "checkpoint-2")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_tokenizer, tmp_path):
+    folder = tmp_path / "short-context"
+    make_model(tiny_tokenizer, max_position_embeddings=160).save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": "What is 1 + 1?", "answer": "2"}, {"question": "What is 2 + 2?", "answer": "4"},
+            {"question": "Natalia sold clips " * 40 + "?", "answer": "4"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="1 prompts leave no room"):
+        grpo.train(grpo.parse_config(argv=tiny_run_args(folder, data, out, "--steps", "1")))
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["skipped_long_prompts"] == 1
