@@ -474,8 +474,12 @@ def train_on_rollouts(model, ref_model, optimizer, rollouts, cfg, pad_id, device
                       else len(mb) / len(rollouts))
             (loss * weight).backward()
             batch_loss += loss.item() * weight
-        if dist.is_initialized():  # average gradients over processes (ranks may differ in micro-batches)
+        if dist.is_initialized():
+            # What DistributedDataParallel does, written out: DDP needs the same number of forwards
+            # on every process, while here a process may have fewer (or no) rollouts with A != 0.
             for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
                 p.grad /= dist.get_world_size()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0).item()
