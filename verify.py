@@ -30,10 +30,15 @@ import os
 import re
 import resource
 import select
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
+from functools import partial
+from typing import NamedTuple
 
 # ---------------------------------------------------------------------------------------------
 # Math answers
@@ -521,34 +526,9 @@ def _agreement(math500_path: str) -> None:
                 print(f"    builtin {b}, math_verify {m}: {pred!r} against gold {gold!r}")
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Answer checking; see the docstring of verify.py.")
-    parser.add_argument("--agreement", metavar="MATH500_JSONL",
-                        help="compare the builtin and math_verify backends on MATH-500")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # see _Worker
-    args = parser.parse_args()
-    if args.worker:
-        _serve_worker()
-    elif args.agreement:
-        _agreement(args.agreement)
-    else:
-        parser.print_help()
-
-
 # ---------------------------------------------------------------------------------------------
 # Code
 # ---------------------------------------------------------------------------------------------
-import json
-import os
-import re
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
-from typing import NamedTuple
 
 PYTHON_FENCE_TAGS = ("python", "python3", "py")
 # A fenced block: an opening fence with an optional language tag, then a closing fence, each
@@ -948,3 +928,17 @@ def code_rewards(completions: list[str], tests_list: list[list[dict]], fraction:
     check = partial(code_reward, fraction=fraction, timeout_s=timeout_s, memory_mb=memory_mb)
     with ThreadPoolExecutor(workers or len(os.sched_getaffinity(0))) as pool:
         return list(pool.map(check, completions, tests_list))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Answer checking; see the docstring of verify.py.")
+    parser.add_argument("--agreement", metavar="MATH500_JSONL",
+                        help="compare the builtin and math_verify backends on MATH-500")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # see _Worker
+    args = parser.parse_args()
+    if args.worker:
+        _serve_worker()
+    elif args.agreement:
+        _agreement(args.agreement)
+    else:
+        parser.print_help()
