@@ -1,0 +1,177 @@
+"""The built-in demo task: generator, step checker (the oracle), tokenizer and the baby model's
+cache. No real warm start here: that takes minutes; the cache is tested with a tiny one."""
+import random
+
+import pytest
+import torch
+
+import grpo
+import localize
+import toy
+import verify
+
+TINY = toy.BabySettings(hidden_size=16, n_layers=1, n_heads=2, sft_steps=2, batch_size=4,
+                        tokenizer_problems=50)
+
+
+def malformed_versions(step, is_last):
+    """Ways to write step text that is wrong whatever its numbers."""
+    body = step.replace("</thought>", "")
+    unboxed = body.replace("\\boxed{", "").replace("}", "")
+    boxed = body if is_last else body.replace("=", "=\\boxed{") + "}"
+    return [
+        body.replace("=", " ") + "</thought>",  # no "=": not a calculation
+        "Let me think.</thought>",  # no calculation at all
+        unboxed + "</thought>" if is_last else boxed + "</thought>",  # missing box / early box
+        body.replace("=", "=0", 1) + "</thought>",  # a leading zero: not the value
+    ]
+
+
+@pytest.mark.parametrize("n_ops", [1, 3, toy.DEFAULT_N_OPS])
+def test_checker_finds_an_error_injected_at_every_step(n_ops):
+    rng = random.Random(n_ops)
+    for example in toy.make_examples(20, seed=n_ops, n_ops=n_ops):
+        steps = toy.solve_steps(example)
+        assert toy.first_wrong_step(example, steps) is None
+        for k in range(1, n_ops + 1):
+            for mistake in toy.MISTAKES:
+                wrong = toy.inject_error(example, k, rng, mistake)
+                assert wrong[:k - 1] == steps[:k - 1]
+                assert toy.first_wrong_step(example, wrong) == k, (mistake, wrong)
+                assert verify.math_reward("".join(wrong), example["answer"]) == 0.0
+            for bad_step in malformed_versions(steps[k - 1], is_last=k == n_ops):
+                wrong = steps[:k - 1] + [bad_step] + steps[k:]
+                assert toy.first_wrong_step(example, wrong) == k, wrong
+
+
+def test_checker_on_missing_and_extra_steps():
+    example = {"start": 7, "ops": [("+", 5), ("*", 3), ("-", 4)], "answer": "32"}
+    steps = toy.solve_steps(example)
+    assert toy.first_wrong_step(example, steps[:2]) == 3  # stopped without an answer
+    assert toy.first_wrong_step(example, []) == 1
+    assert toy.first_wrong_step(example, steps + ["32+0=32</thought>"]) == 4
+    # how a solution is cut (white space, a final step without its delimiter) does not matter
+    assert toy.first_wrong_step(example, [" 7+5=12</thought>\n", "12*3=36</thought>", "36-4=\\boxed{32}"]) is None
+
+
+def test_generator_is_reproducible_and_keeps_its_difficulty():
+    assert toy.make_examples(30, seed=1) == toy.make_examples(30, seed=1)
+    assert toy.make_examples(30, seed=1) != toy.make_examples(30, seed=2)
+    assert len({ex["question"] for ex in toy.make_examples(100, seed=0)}) == 100
+    for n_ops, max_value in [(1, 5), (4, 20), (8, 99)]:
+        for example in toy.make_examples(50, seed=3, n_ops=n_ops, max_value=max_value):
+            assert len(example["ops"]) == n_ops
+            value = example["start"]
+            for operator, operand in example["ops"]:
+                assert operand in range(1, 10)
+                value = toy.apply(value, operator, operand)
+                assert 1 <= value <= max_value
+            assert example["answer"] == str(value)
+
+
+def test_solution_is_accepted_by_the_verifier_the_checker_and_the_step_splitter():
+    for example in toy.make_examples(50, seed=4):
+        text = toy.solve(example)
+        assert verify.math_reward(text, example["answer"]) == 1.0
+        assert localize.split_steps(text) == toy.solve_steps(example)
+        assert toy.first_wrong_step(example, localize.split_steps(text)) is None
+
+
+def test_localization_reply_names_the_step_it_is_taught_to():
+    example, rng = toy.make_examples(1, seed=5)[0], random.Random(5)
+    for k in range(1, toy.DEFAULT_N_OPS + 1):
+        reply = toy.localization_reply(toy.inject_error(example, k, rng), k)
+        assert localize.parse_error_step_or_none(reply, toy.DEFAULT_N_OPS) == k
+        assert reply.count("is right.") == k - 1 and reply.count("is wrong.") == 1
+
+
+@pytest.fixture(scope="module")
+def baby_tokenizer():
+    rng = random.Random(0)
+    texts = [prompt + target for prompt, target in
+             (toy.warm_start_pair(rng, toy.NO_CHAT_TEMPLATE, 0.5) for _ in range(300))]
+    return toy.make_tokenizer(texts)
+
+
+def test_tokenizer_round_trips_and_keeps_sequences_short(baby_tokenizer):
+    rng = random.Random(1)
+    for example in toy.make_examples(20, seed=6):
+        prompt, solution = grpo.format_prompt(baby_tokenizer, example["question"]), toy.solve(example)
+        wrong = toy.inject_error(example, 2, rng)
+        reply = toy.localization_reply(wrong, 2)
+        localization = grpo.format_chat(baby_tokenizer, localize.localization_prompt(example["question"], wrong))
+        for text in [prompt, solution, prompt + solution, localization + reply, "Unseen text: é 北 12"]:
+            ids = baby_tokenizer(text, add_special_tokens=False).input_ids
+            assert baby_tokenizer.decode(ids) == text
+        assert len(baby_tokenizer(prompt + solution).input_ids) < 100
+    tokens = baby_tokenizer.convert_ids_to_tokens(baby_tokenizer("1234</thought>").input_ids)
+    assert tokens == ["1", "2", "3", "4", "</thought>"]
+
+
+def test_sft_batch_trains_on_the_target_and_its_eos_only(baby_tokenizer):
+    pairs = [("Problem: Start at 3, add 4.\n\n", "3+4=\\boxed{7}</thought>"), ("Hi\n\n", "1+1=\\boxed{2}")]
+    input_ids, labels, attention_mask = toy.sft_batch(baby_tokenizer, pairs)
+    for row, (prompt, target) in enumerate(pairs):
+        n_prompt = len(baby_tokenizer(prompt).input_ids)
+        n_target = len(baby_tokenizer(target).input_ids) + 1
+        assert labels[row, :n_prompt].eq(-100).all()
+        assert labels[row, n_prompt:n_prompt + n_target].tolist() == input_ids[row, n_prompt:n_prompt + n_target].tolist()
+        assert labels[row, n_prompt + n_target - 1] == baby_tokenizer.eos_token_id
+        assert labels[row, n_prompt + n_target:].eq(-100).all()
+        assert attention_mask[row].sum() == n_prompt + n_target
+
+
+def test_baby_model_is_cached_and_not_retrained(tmp_path, monkeypatch):
+    model, tokenizer = toy.load_baby_model(tmp_path, TINY)
+    folders = list(tmp_path.iterdir())
+    assert [folder.name for folder in folders] == [f"toy-{toy.cache_key(TINY)}"]  # no leftovers
+
+    def no_training(settings):
+        raise AssertionError("a cached model was trained again")
+
+    monkeypatch.setattr(toy, "warm_start", no_training)
+    cached_model, cached_tokenizer = toy.load_baby_model(tmp_path, TINY)
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, cached_model.state_dict()[name]), name
+    text = toy.solve(toy.make_examples(1, seed=0)[0])
+    assert cached_tokenizer(text).input_ids == tokenizer(text).input_ids
+    assert cached_tokenizer.eos_token == "<|eos|>" and cached_tokenizer.chat_template is None
+    monkeypatch.setenv("RESETS_CACHE", str(tmp_path))
+    toy.load_baby_model(settings=TINY)  # the environment variable points at the same cache
+    assert toy.cache_key(TINY) != toy.cache_key(toy.BabySettings())
+
+
+def test_interrupted_warm_start_leaves_no_cache(tmp_path, monkeypatch):
+    def interrupted_save(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(toy.PreTrainedTokenizerFast, "save_pretrained", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        toy.load_baby_model(tmp_path, TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_scores_against_the_oracle(monkeypatch):
+    """With a stand-in model that solves greedily, fails at step 1 when sampling and always
+    blames step 1, every number `evaluate` reports is known in advance."""
+    examples = {ex["question"]: ex for n_ops in (toy.DEFAULT_N_OPS, toy.EASY_N_OPS)
+                for ex in toy.make_examples(10, seed=7, n_ops=n_ops) + toy.make_examples(10, seed=8, n_ops=n_ops)}
+
+    def stand_in_generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0):
+        replies = []
+        for prompt in prompts:
+            if "Solution:\n" in prompt:
+                replies.append("Step 1: 1+1=3 is wrong.\n\\boxed{1}")
+                continue
+            example = examples[prompt.split("Problem: ")[1].strip()]
+            wrong = "".join(toy.inject_error(example, 1, random.Random(0)))
+            replies.append(wrong if temperature else toy.solve(example))
+        return replies
+
+    monkeypatch.setattr(toy, "generate", stand_in_generate)
+    results = toy.evaluate(model=None, tokenizer=toy.NO_CHAT_TEMPLATE, n=10, seed=7)
+    assert results["answer_accuracy"] == results["easy_answer_accuracy"] == 1.0
+    assert results["own_failures"] == 10
+    assert results["localization_own_failures"] == 1.0
+    assert results["random_step_own_failures"] == pytest.approx(1 / toy.DEFAULT_N_OPS)
+    assert 0.0 < results["localization_injected"] < 1.0

@@ -1,0 +1,452 @@
+r"""The built-in demo task: arithmetic chains, whose steps can be checked one by one.
+
+    Start at 7, add 5, multiply by 3, subtract 4.
+    7+5=12</thought>12*3=36</thought>36-4=\boxed{32}</thought>
+
+One operation per step, the last step boxes the answer. Unlike a math benchmark, every step of a
+solution can be checked, so `first_wrong_step` is a true oracle for the question SRPO asks the
+model ("where did this solution go wrong?"), and oracle resets, self resets and random resets can
+be compared directly (PAPER.md section 6).
+
+The baby model is a 1.1M-parameter Qwen2 with a tokenizer trained in code, warm-started by
+supervised training on solutions and on localization replies (about 3 minutes on 2 CPU cores,
+then cached). `load_baby_model()` is what `python grpo.py` trains by default, and
+
+    python toy.py
+
+prints its measured answer and localization accuracy (`evaluate`).
+"""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+import grpo
+import localize
+import verify
+from localize import DELIMITER
+
+OPERATIONS = {"+": "add", "-": "subtract", "*": "multiply by"}
+# The baby model learns chains of 1..DEFAULT_N_OPS operations on values up to DEFAULT_MAX_VALUE;
+# longer chains or larger numbers are outside what it has seen, and it fails most of them.
+DEFAULT_N_OPS = 6  # operations per problem: the baby model solves about 70% of these
+DEFAULT_MAX_VALUE = 20  # every value of a chain stays in 1..DEFAULT_MAX_VALUE
+EASY_N_OPS = 2  # short chains, which the baby model solves about 95% of
+
+
+# ---------------------------------------------------------------------------------------------
+# The task
+# ---------------------------------------------------------------------------------------------
+
+def apply(value, operator, operand):
+    """One step of a chain: apply(12, "*", 3) == 36."""
+    return {"+": value + operand, "-": value - operand, "*": value * operand}[operator]
+
+
+def make_example(rng, n_ops, max_value):
+    """A random chain of `n_ops` operations whose values all stay in 1..max_value.
+
+    Operands are single digits (+ and - by 1..9, * by 2..9), drawn among those that keep the value
+    in range. The gold answer is a string, as for any math problem.
+
+    >>> make_example(random.Random(0), n_ops=3, max_value=20)["question"]
+    'Start at 13, subtract 1, subtract 9, subtract 2.'
+    """
+    start = rng.randint(1, max_value)
+    value, ops = start, []
+    for _ in range(n_ops):
+        operands = {
+            "+": range(1, min(9, max_value - value) + 1),
+            "-": range(1, min(9, value - 1) + 1),
+            "*": range(2, min(9, max_value // value) + 1),
+        }
+        operator = rng.choice([operator for operator, choices in operands.items() if choices])
+        operand = rng.choice(operands[operator])
+        ops.append((operator, operand))
+        value = apply(value, operator, operand)
+    words = ", ".join(f"{OPERATIONS[operator]} {operand}" for operator, operand in ops)
+    return {"question": f"Start at {start}, {words}.", "answer": str(value), "start": start, "ops": ops}
+
+
+def make_examples(n, seed, n_ops=DEFAULT_N_OPS, max_value=DEFAULT_MAX_VALUE):
+    """`n` examples, the same for the same seed."""
+    rng = random.Random(seed)
+    return [make_example(rng, n_ops, max_value) for _ in range(n)]
+
+
+def solve_steps(example):
+    r"""The correct solution as a list of steps, each ending with its `</thought>`.
+
+    >>> solve_steps({"start": 7, "ops": [("+", 5), ("*", 3)]})
+    ['7+5=12</thought>', '12*3=\\boxed{36}</thought>']
+    """
+    return chain_steps(example["start"], example["ops"])
+
+
+def chain_steps(value, ops):
+    """The steps that apply `ops` one by one starting from `value`; the last result is boxed."""
+    steps = []
+    for k, (operator, operand) in enumerate(ops, 1):
+        result = apply(value, operator, operand)
+        steps.append(format_step(value, operator, operand, result, boxed=k == len(ops)))
+        value = result
+    return steps
+
+
+def format_step(value, operator, operand, result, boxed):
+    r"""format_step(36, "-", 4, 32, boxed=True) == '36-4=\\boxed{32}</thought>'"""
+    shown_result = f"\\boxed{{{result}}}" if boxed else str(result)
+    return f"{value}{operator}{operand}={shown_result}</thought>"
+
+
+def solve(example):
+    r"""The correct solution text.
+
+    >>> solve({"start": 7, "ops": [("+", 5), ("*", 3), ("-", 4)]})
+    '7+5=12</thought>12*3=36</thought>36-4=\\boxed{32}</thought>'
+    """
+    return "".join(solve_steps(example))
+
+
+# One step: "12*3=36" or, in the last step, "36-4=\boxed{32}". White space around it and the
+# delimiter are tolerated: how a solution is cut into steps is not the step's fault.
+STEP = re.compile(r"\s*(\d+)([+*-])(\d+)=(?:(\d+)|\\boxed\{(\d+)\})\s*(?:</thought>)?\s*")
+
+
+def first_wrong_step(example, steps):
+    r"""The oracle: the 1-based index of the first wrong step, or None if all are right.
+
+    Step k is right when it reads "a op b=c", a is the value after the steps before it, op and b
+    are the k-th operation of the question, c = a op b, and c is boxed exactly in the last step.
+    A wrong value, a wrong operation, a copying error, a malformed step, a missing or early
+    box: each is wrong at the step where it happens. A solution that stops after a right step
+    without a boxed answer is wrong at step len(steps) + 1, the step that is missing; one with
+    extra steps after the boxed answer is wrong at the first extra step.
+
+    >>> example = {"start": 7, "ops": [("+", 5), ("*", 3), ("-", 4)]}
+    >>> first_wrong_step(example, ["7+5=12</thought>", "12*3=35</thought>", "35-4=\\boxed{31}"])
+    2
+    >>> first_wrong_step(example, solve_steps(example)) is None
+    True
+    """
+    value = example["start"]
+    for k, (operator, operand) in enumerate(example["ops"], 1):
+        if k > len(steps):
+            return k
+        step = STEP.fullmatch(steps[k - 1])
+        if step is None:
+            return k
+        shown_value, shown_operator, shown_operand, plain_result, boxed_result = step.groups()
+        result = apply(value, operator, operand)
+        is_last = k == len(example["ops"])
+        if (int(shown_value), shown_operator, int(shown_operand)) != (value, operator, operand):
+            return k
+        if (boxed_result if is_last else plain_result) != str(result):
+            return k
+        value = result
+    return len(example["ops"]) + 1 if len(steps) > len(example["ops"]) else None
+
+
+MISTAKES = ("result", "operand", "operator", "copy")
+
+
+def inject_error(example, step, rng, mistake=None):
+    r"""A wrong solution whose first error is at `step` (1-based), as a list of steps.
+
+    The mistake is one a solver makes: a wrong `result` (12*3=35), a wrong `operand` (12*4=48), a
+    wrong `operator` (12+3=15) or a `copy` error that starts from a wrong value (13*3=39); random
+    when not given. Later steps carry on correctly from the wrong value, as a solver who does not
+    notice would, so the final answer is wrong too (and may go below 0).
+
+    >>> example = {"start": 7, "ops": [("+", 5), ("*", 3), ("-", 4)]}
+    >>> inject_error(example, 2, random.Random(0), "operator")
+    ['7+5=12</thought>', '12-3=9</thought>', '9-4=\\boxed{5}</thought>']
+    """
+    mistake = mistake or rng.choice(MISTAKES)
+    steps, ops = solve_steps(example), example["ops"]
+    value = example["start"]
+    for operator, operand in ops[:step - 1]:
+        value = apply(value, operator, operand)
+    operator, operand = ops[step - 1]
+    right_result = apply(value, operator, operand)
+    while True:
+        shown_value, shown_operator, shown_operand = value, operator, operand
+        nudge = rng.choice([-3, -2, -1, 1, 2, 3])
+        if mistake == "operand":
+            shown_operand = operand + nudge
+        elif mistake == "operator":
+            shown_operator = rng.choice([other for other in OPERATIONS if other != operator])
+        elif mistake == "copy":
+            shown_value = value + nudge
+        wrong_result = apply(shown_value, shown_operator, shown_operand)
+        if mistake == "result":
+            wrong_result = right_result + nudge
+        if wrong_result != right_result and min(shown_value, shown_operand, wrong_result) >= 0:
+            break
+    wrong_step = format_step(shown_value, shown_operator, shown_operand, wrong_result,
+                             boxed=step == len(ops))
+    return steps[:step - 1] + [wrong_step] + chain_steps(wrong_result, ops[step:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The baby model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BabySettings:
+    """How the baby model is built and warm-started; a hash of these names its cache folder."""
+    hidden_size: int = 128  # width of the transformer
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads
+    sft_steps: int = 900  # optimizer steps of the supervised warm start
+    batch_size: int = 32  # sequences per step
+    lr: float = 3e-3  # peak AdamW learning rate: linear warmup, then cosine decay to a tenth
+    localize_fraction: float = 0.6  # share of the sequences that teach localization
+    tokenizer_problems: int = 1000  # problems whose texts train the tokenizer
+    seed: int = 0  # seeds the data, the initialisation and the tokenizer
+
+
+def localization_reply(steps, first_wrong):
+    r"""What the baby model learns to answer to `localize.localization_prompt(question, steps)`:
+    each step up to the first wrong one, copied and judged, then the wrong step's number boxed.
+
+    A tiny network cannot name the wrong step in one token; copying each step before judging it
+    puts the step next to the previous one and the verdict, where the checks are local. Even so
+    the baby model learns this only partly (`evaluate` measures how well).
+
+    >>> print(localization_reply(["7+5=12</thought>", "12*3=35</thought>", "35-4=\\boxed{31}"], 2))
+    Step 1: 7+5=12 is right.
+    Step 2: 12*3=35 is wrong.
+    \boxed{2}
+    """
+    verdicts = [f"Step {k}: {step.replace(DELIMITER, '').strip()} is right."
+                for k, step in enumerate(steps[:first_wrong], 1)]
+    verdicts[-1] = verdicts[-1].replace("is right.", "is wrong.")
+    return "\n".join(verdicts + [f"\\boxed{{{first_wrong}}}"])
+
+
+def warm_start_pair(rng, tokenizer, localize_fraction):
+    """One supervised (prompt, target) pair at the default size of numbers and 1..DEFAULT_N_OPS
+    operations: a problem and its solution, or, with probability `localize_fraction`, a solution
+    with an error injected at a random step and the reply that localizes it."""
+    example = make_example(rng, rng.randint(1, DEFAULT_N_OPS), DEFAULT_MAX_VALUE)
+    if rng.random() < localize_fraction:
+        wrong_step = rng.randint(1, len(example["ops"]))
+        steps = inject_error(example, wrong_step, rng)
+        prompt = localize.localization_prompt(example["question"], steps)
+        return grpo.format_chat(tokenizer, prompt), localization_reply(steps, wrong_step)
+    return grpo.format_prompt(tokenizer, example["question"]), solve(example)
+
+
+# The baby tokenizer has no chat template; that is all grpo.format_chat asks of a tokenizer, so
+# this stands in for it while the tokenizer is being trained on the texts the model will read.
+NO_CHAT_TEMPLATE = SimpleNamespace(chat_template=None)
+
+
+def make_tokenizer(texts, vocab_size=1024):
+    """A byte-level BPE tokenizer trained on `texts`, with eos and pad tokens, no chat template.
+
+    Digits are single tokens, so that numbers are spelled the same way everywhere and arithmetic
+    is learnable, and `</thought>` is one token. The text is not pre-split at white space, so
+    passages that repeat word for word (the instruction, the localization request) become a few
+    long tokens: a prompt with its solution is under 100 tokens, which is what makes training on
+    a CPU fast. Decoding gives back the exact text.
+    """
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(DELIMITER, behavior="isolated"),
+        pre_tokenizers.Split(Regex(r"\d"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|pad|>", "<|eos|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    bpe.add_tokens([AddedToken(DELIMITER, normalized=False)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|eos|>", pad_token="<|pad|>",
+                                   padding_side="left", clean_up_tokenization_spaces=False)
+
+
+def make_model(tokenizer, settings):
+    """A small random Qwen2 causal LM for `tokenizer`."""
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=settings.hidden_size,
+        intermediate_size=4 * settings.hidden_size, num_hidden_layers=settings.n_layers,
+        num_attention_heads=settings.n_heads, num_key_value_heads=settings.n_heads,
+        max_position_embeddings=2048, tie_word_embeddings=True, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return Qwen2ForCausalLM(config)
+
+
+def sft_batch(tokenizer, pairs):
+    """Right-padded tensors for (prompt, target) pairs; the loss is on the target and its eos."""
+    rows = []
+    for prompt, target in pairs:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        target_ids = tokenizer(target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        rows.append((prompt_ids + target_ids, [-100] * len(prompt_ids) + target_ids))
+    width = max(len(ids) for ids, _ in rows)
+
+    def pad(values, filler):
+        return values + [filler] * (width - len(values))
+
+    input_ids = torch.tensor([pad(ids, tokenizer.pad_token_id) for ids, _ in rows])  # (batch, seq)
+    labels = torch.tensor([pad(labels, -100) for _, labels in rows])  # (batch, seq)
+    attention_mask = torch.tensor([pad([1] * len(ids), 0) for ids, _ in rows])  # (batch, seq)
+    return input_ids, labels, attention_mask
+
+
+def warm_start(settings):
+    """Train the tokenizer, then the model by supervised fine-tuning on solutions and
+    localization replies. Returns (model, tokenizer)."""
+    rng = random.Random(settings.seed)
+    torch.manual_seed(settings.seed)
+    texts = [prompt + target for prompt, target in (
+        warm_start_pair(rng, NO_CHAT_TEMPLATE, 0.5) for _ in range(settings.tokenizer_problems))]
+    tokenizer = make_tokenizer(texts)
+    model = make_model(tokenizer, settings)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warmup_steps = max(1, settings.sft_steps // 20)
+    progress = tqdm(range(settings.sft_steps), desc="warm start of the baby model")
+    for step in progress:
+        decay = 0.5 * (1 + math.cos(math.pi * step / settings.sft_steps))
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * min(1, (step + 1) / warmup_steps) * (0.1 + 0.9 * decay)
+        pairs = [warm_start_pair(rng, tokenizer, settings.localize_fraction) for _ in range(settings.batch_size)]
+        # Localization texts are twice as long as solutions: micro-batches of similar lengths
+        # waste less compute on padding. The loss is the mean over all target tokens of the step.
+        pairs.sort(key=lambda pair: len(pair[0]) + len(pair[1]))
+        batches = [sft_batch(tokenizer, pairs[start:start + 16]) for start in range(0, len(pairs), 16)]
+        n_targets = sum((labels != -100).sum() for _, labels, _ in batches)
+        step_loss = 0.0
+        for input_ids, labels, attention_mask in batches:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (batch, seq, vocab)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum") / n_targets
+            loss.backward()
+            step_loss += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        progress.set_postfix(loss=f"{step_loss:.3f}")
+    return model.eval(), tokenizer
+
+
+def cache_key(settings):
+    """A hash of the settings and of sample texts the model learns from, so that a change of a
+    prompt (here, in grpo.py or in localize.py) makes a new warm start instead of a stale load."""
+    rng = random.Random(0)
+    samples = [warm_start_pair(rng, NO_CHAT_TEMPLATE, localize_fraction=0.5) for _ in range(8)]
+    text = json.dumps([dataclasses.asdict(settings), samples])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def load_baby_model(cache_dir=None, settings=BabySettings()):
+    """The warm-started baby model and its tokenizer: loaded from the cache, else trained (a few
+    minutes on a CPU) and cached.
+
+    The model lives in `<cache_dir>/toy-<hash of the settings>`; `cache_dir` defaults to
+    $RESETS_CACHE or ~/.cache/resets. It is written to a temporary folder that is renamed into
+    place when complete, so an interrupted warm start never leaves a broken cache.
+    """
+    cache_dir = Path(cache_dir or os.environ.get("RESETS_CACHE") or Path.home() / ".cache" / "resets")
+    folder = cache_dir / f"toy-{cache_key(settings)}"
+    if not folder.is_dir():
+        model, tokenizer = warm_start(settings)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        unfinished = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{folder.name}-"))
+        try:
+            model.save_pretrained(unfinished)
+            tokenizer.save_pretrained(unfinished)
+            if not folder.is_dir():  # else another process cached the same model meanwhile
+                unfinished.rename(folder)
+        finally:
+            shutil.rmtree(unfinished, ignore_errors=True)
+    model = Qwen2ForCausalLM.from_pretrained(folder).eval()
+    return model, PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring the baby model
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0):
+    """The completions of `prompts` (texts), greedy or sampled at `temperature` with top-p 0.95."""
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature else {"do_sample": False}
+    output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id, **sampling)
+    return tokenizer.batch_decode(output[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def answer_accuracy(model, tokenizer, examples):
+    """Greedy pass@1: the share of `examples` whose final answer is right."""
+    completions = generate(model, tokenizer, [grpo.format_prompt(tokenizer, ex["question"]) for ex in examples], 100)
+    return sum(verify.math_reward(text, ex["answer"]) for text, ex in zip(completions, examples)) / len(examples)
+
+
+def localization_accuracy(model, tokenizer, examples, solutions):
+    """How often the model's greedy localization of each wrong solution (a list of steps) names
+    the step that `first_wrong_step` names, and how often a uniformly random step would."""
+    prompts = [grpo.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps))
+               for ex, steps in zip(examples, solutions)]
+    replies = generate(model, tokenizer, prompts, 100)
+    hits, chance = 0, 0.0
+    for ex, steps, reply in zip(examples, solutions, replies):
+        truth = first_wrong_step(ex, steps)
+        hits += localize.parse_error_step(reply, len(steps)) == truth
+        chance += (truth <= len(steps)) / len(steps)  # a missing last step cannot be named
+    return hits / len(examples), chance / len(examples)
+
+
+def evaluate(model, tokenizer, n=200, seed=10**6):
+    """The measured skills of a model on the toy task, on `n` problems of each kind:
+
+    - answer accuracy (greedy) at the default difficulty and on easy (EASY_N_OPS) chains;
+    - localization accuracy against the oracle on solutions with an injected error (at a
+      uniformly random step), and on the model's own failures (sampled at temperature 0.7),
+      next to the accuracy of a uniformly random step on those failures.
+    """
+    rng = random.Random(seed)
+    torch.manual_seed(seed)  # the same sampled failures at every run
+    examples = make_examples(n, seed)
+    injected = [inject_error(ex, rng.randint(1, DEFAULT_N_OPS), rng) for ex in examples]
+    samples = generate(model, tokenizer, [grpo.format_prompt(tokenizer, ex["question"]) for ex in examples],
+                       100, temperature=0.7)
+    failed = [(ex, localize.split_steps(text)) for ex, text in zip(examples, samples)
+              if not verify.math_reward(text, ex["answer"]) and text]  # "" has no step to blame
+    own_accuracy, own_chance = localization_accuracy(model, tokenizer, *zip(*failed)) if failed else (0.0, 0.0)
+    return {
+        "answer_accuracy": answer_accuracy(model, tokenizer, examples),
+        "easy_answer_accuracy": answer_accuracy(model, tokenizer, make_examples(n, seed + 1, n_ops=EASY_N_OPS)),
+        "localization_injected": localization_accuracy(model, tokenizer, examples, injected)[0],
+        "localization_own_failures": own_accuracy,
+        "random_step_own_failures": own_chance,
+        "own_failures": len(failed),
+    }
+
+
+if __name__ == "__main__":
+    baby_model, baby_tokenizer = load_baby_model()
+    results = evaluate(baby_model, baby_tokenizer)
+    print(f"greedy answer accuracy, {DEFAULT_N_OPS} operations (default): {results['answer_accuracy']:.1%}")
+    print(f"greedy answer accuracy, {EASY_N_OPS} operations (easy): {results['easy_answer_accuracy']:.1%}")
+    print(f"localization accuracy, injected errors: {results['localization_injected']:.1%}")
+    print(f"localization accuracy, its own {results['own_failures']} failures at temperature 0.7: "
+          f"{results['localization_own_failures']:.1%} (a random step: {results['random_step_own_failures']:.1%})")
