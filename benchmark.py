@@ -36,8 +36,7 @@ def measure(cfg: BenchConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = grpo.load_model(cfg, device)
     start_weights = copy.deepcopy(model.state_dict())
-    dataset = cfg.dataset or ("toy" if cfg.model == "toy" else "gsm8k")
-    examples, _ = grpo.tokenize_prompts(grpo.load_examples(dataset, True, cfg), tokenizer, cfg.max_new_tokens,
+    examples, _ = grpo.tokenize_prompts(grpo.load_examples(cfg.dataset, True, cfg), tokenizer, cfg.max_new_tokens,
                                         getattr(model.config, "max_position_embeddings", 10**9))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     policy = grpo.Policy(model, tokenizer, cfg)

@@ -49,17 +49,17 @@ THOUGHT_INSTRUCTION = (
 @dataclass
 class Config:
     model: str = "toy"  # hub id, short name (Qwen2.5-1.5B), local folder, .gguf file, or "toy"
-    dataset: str | None = None  # gsm8k, math500, aime24, amc23, minerva, olympiadbench, toy, code, lcb, hub id or local file; default: toy for the toy model, else gsm8k
+    dataset: str | None = None  # gsm8k, math500, aime24, amc23, minerva, olympiadbench, toy, code, lcb, hub id or local file; default toy for the toy model, else gsm8k
     eval_dataset: str | None = None  # same choices; default: the test split of --dataset
     question_field: str | None = None  # field holding the question in a local/hub dataset (detected when unset)
     answer_field: str | None = None  # field holding the gold answer (detected when unset)
     steps: int = 60  # optimizer steps
     prompts_per_step: int = 16  # prompts per step, summed over all processes
     group_size: int = 8  # G: scored rollouts per prompt
-    max_new_tokens: int = 512  # response length cap; longer responses are truncated
+    max_new_tokens: int | None = None  # response length cap (longer ones are truncated); default 96 for the toy model, else 1024
     temperature: float = 0.7  # sampling temperature; the log-probs are computed at the same temperature
     top_p: float = 0.95  # nucleus sampling
-    lr: float = 1e-5  # peak learning rate of AdamW
+    lr: float | None = None  # peak learning rate of AdamW; default 1e-4 for the toy model, else 1e-6
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 0  # linear warmup steps
     lr_schedule: str = "constant"  # after warmup: constant or cosine
@@ -76,6 +76,13 @@ class Config:
     dtype: str = "float32"  # weights: float32 (bf16 autocast on GPU) or bfloat16
     grad_checkpointing: bool = False  # trade compute for memory in the training forward
     micro_batch: int = 8  # sequences per training forward; bounds the memory
+
+    def __post_init__(self):
+        # The toy model is tiny and its solutions short; a pretrained model needs a small lr.
+        toy = self.model == "toy"
+        self.dataset = self.dataset or ("toy" if toy else "gsm8k")
+        self.max_new_tokens = self.max_new_tokens or (96 if toy else 1024)
+        self.lr = self.lr or (1e-4 if toy else 1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,7 +575,7 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     if state:
         optimizer.load_state_dict(state["optimizer"])
 
-    dataset = cfg.dataset or ("toy" if cfg.model == "toy" else "gsm8k")
+    dataset = cfg.dataset
     context = getattr(model.config, "max_position_embeddings", 10**9)
     train_examples, skipped = tokenize_prompts(load_examples(dataset, True, cfg), tokenizer, cfg.max_new_tokens, context)
     eval_examples, _ = tokenize_prompts(load_examples(cfg.eval_dataset or dataset, False, cfg)[:cfg.eval_size],
@@ -685,7 +692,8 @@ def parse_config(config_class=Config, argv=None):
         if f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=helps.get(f.name))
         else:
-            parser.add_argument(flag, type=f.type if f.type in (int, float) else str, default=f.default,
+            kind = next((t for t in (int, float) if f.type in (t, t | None)), str)
+            parser.add_argument(flag, type=kind, default=f.default,
                                 choices=CHOICES.get(f.name), help=helps.get(f.name), metavar=f.name.upper())
     return config_class(**vars(parser.parse_args(argv)))
 

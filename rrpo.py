@@ -38,6 +38,7 @@ class ResetConfig(grpo.Config):
     out: str = "runs/rrpo"  # output folder: metrics.jsonl and checkpoint-{step}/
 
     def __post_init__(self):
+        super().__post_init__()
         if self.group_size % 2 or self.max_fresh < self.group_size:
             raise SystemExit(f"--group-size must be even and --max-fresh >= --group-size (got "
                              f"{self.group_size} and {self.max_fresh}): half the budget goes to each group.")

@@ -175,3 +175,28 @@ def test_evaluate_scores_against_the_oracle(monkeypatch):
     assert results["localization_own_failures"] == 1.0
     assert results["random_step_own_failures"] == pytest.approx(1 / toy.DEFAULT_N_OPS)
     assert 0.0 < results["localization_injected"] < 1.0
+
+
+@pytest.mark.parametrize("reset", ["self", "oracle"])
+def test_demo_runs_end_to_end_with_a_quickly_warmed_model(tmp_path, monkeypatch, reset):
+    """`python srpo.py` with no model or dataset: the toy model on the toy task, with the step
+    checker's diagnostics. The baby model is swapped for a tiny, quickly warmed one."""
+    import json
+
+    import rrpo
+    import srpo
+
+    load = toy.load_baby_model
+    monkeypatch.setattr(toy, "load_baby_model", lambda cache_dir=None: load(tmp_path / "cache", TINY))
+    cfg = grpo.parse_config(srpo.SRPOConfig, argv=["--out", str(tmp_path / "run"), "--steps", "2", "--reset", reset,
+                                                   "--prompts-per-step", "2", "--eval-size", "4",
+                                                   "--max-new-tokens", "24", "--loc-max-new-tokens", "8"])
+    assert (cfg.model, cfg.dataset, cfg.lr) == ("toy", "toy", 1e-4)
+    choose = srpo.self_resets if reset == "self" else rrpo.oracle_resets
+    grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, choose))
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [0, 1, 2] and "eval_acc" in lines[2]
+    if lines[1]["reset_frac"]:
+        assert lines[1]["loc_exact"] is not None
+    if reset == "oracle" and lines[1]["reset_frac"]:
+        assert lines[1]["loc_exact"] == 1.0
