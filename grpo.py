@@ -121,8 +121,11 @@ def load_model(cfg: Config, device):
             name, extra = str(Path(name).parent), {"gguf_file": Path(name).name}
             if hasattr(transformers, "GgufConfig"):  # else recent versions may keep untrainable GGUF blocks
                 model_extra = {"quantization_config": transformers.GgufConfig(dequantize=True)}
-        tokenizer = AutoTokenizer.from_pretrained(name, **extra)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **extra, **model_extra)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name, **extra)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **extra, **model_extra)
+        except (OSError, ValueError) as error:
+            raise SystemExit(f"Cannot load the model '{cfg.model}': {error}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -179,7 +182,12 @@ def load_examples(name: str, train: bool, cfg: Config) -> list[dict]:
         rows = datasets.load_dataset(kind, data_files=name, split="train")
     else:
         hub_id, config, train_split, test_split = BENCHMARKS.get(name, (name, None, "train", "test"))
-        rows = datasets.load_dataset(hub_id, config, split=train_split if train else test_split)
+        try:
+            rows = datasets.load_dataset(hub_id, config, split=train_split if train else test_split)
+        except Exception as error:  # datasets raises many kinds: missing repo, split, network
+            raise SystemExit(f"Cannot load the dataset '{name}' ({hub_id}): {error}. Pass a benchmark "
+                             f"name ({', '.join(BENCHMARKS)}, toy, code, lcb), a hub id or a local "
+                             ".jsonl/.json/.parquet file.") from None
     question_field = cfg.question_field or next((f for f in QUESTION_FIELDS if f in rows.column_names), None)
     answer_field = cfg.answer_field or next((f for f in ANSWER_FIELDS if f in rows.column_names), None)
     if question_field not in rows.column_names or answer_field not in rows.column_names:

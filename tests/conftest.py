@@ -1,7 +1,11 @@
 """Shared fixtures: a tiny tokenizer and model built in code, the offline SmolLM2 GGUF, and the
 benchmark files in ../shared/data. Nothing here touches the network."""
 import importlib.util
+import os
 from pathlib import Path
+
+# Tests never use the hub: fail at once instead of waiting on network retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch

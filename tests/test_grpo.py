@@ -310,3 +310,11 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_tokenizer,
         grpo.train(grpo.parse_config(argv=tiny_run_args(folder, data, out, "--steps", "1")))
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["skipped_long_prompts"] == 1
+
+
+def test_missing_model_and_dataset_fail_with_a_message(tmp_path):
+    cfg = grpo.Config(model=str(tmp_path / "no-such-model.gguf"))
+    with pytest.raises(SystemExit, match="Unknown model|Cannot load the model"):
+        grpo.load_model(cfg, torch.device("cpu"))
+    with pytest.raises(SystemExit, match="Cannot load the dataset 'no-such-file.jsonl'"):
+        grpo.load_examples("no-such-file.jsonl", True, grpo.Config())
