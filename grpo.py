@@ -130,8 +130,9 @@ def load_model(cfg: Config, device):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.to(device=device, dtype=getattr(torch, cfg.dtype))
-    if cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.grad_checkpointing:  # renamed activation_checkpointing_enable in recent transformers
+        enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
+        enable()
     return model, tokenizer
 
 

@@ -318,3 +318,38 @@ def test_missing_model_and_dataset_fail_with_a_message(tmp_path):
         grpo.load_model(cfg, torch.device("cpu"))
     with pytest.raises(SystemExit, match="Cannot load the dataset 'no-such-file.jsonl'"):
         grpo.load_examples("no-such-file.jsonl", True, grpo.Config())
+
+
+def test_ctrl_c_saves_the_last_step_and_exits(tiny_model_dir, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), out, "--steps", "10000", "--beta", "0.1",
+                         "--save-every", "10000")
+    process = subprocess.Popen([sys.executable, str(ROOT / "grpo.py"), *args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-2000:]
+    assert "saving after this step" in output
+    last_step = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert 2 <= last_step < 10000
+    assert grpo.newest_checkpoint(out).name == f"checkpoint-{last_step}"
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer):
+    rollouts = [grpo.Rollout([5, 6, 7], [8, 9], 1.0, 0, False), grpo.Rollout([5], [10, 11, 12], 0.0, 0, False)]
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model(tiny_tokenizer, seed=1).train()
+        if checkpointing:
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+        logprobs, mask = grpo.response_logprobs(model, rollouts, 0, 1.0)
+        grpo.policy_loss(logprobs, torch.tensor([1.0, -1.0]), mask).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
