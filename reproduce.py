@@ -12,6 +12,7 @@ same budget of scored rollouts per step, over several seeds. Each run is an ordi
 
     python reproduce.py                     # defaults: 4 methods x 3 seeds
     python reproduce.py --seeds 0 1 --steps 10 --out runs/quick
+    python reproduce.py --oracle-noise 0.5 1.0     # also blurred oracles: localization quality
 """
 import argparse
 import json
@@ -86,7 +87,7 @@ def summarize(runs: dict, args) -> str:
 
     diag = ["| method | reset step = first error | too early | too late | parse failures | correction, clean prefix | correction, wrong prefix | suffix acc | fresh acc |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for method in ("rrpo", "srpo", "oracle"):
+    for method in [m for m in runs if m != "grpo"]:
         all_lines = [read_metrics(out) for out in runs[method]]
         cell = lambda key, lines_list=all_lines: mean_sd([v for v in (mean_of(lines, key) for lines in lines_list) if v is not None])
         diag.append(f"| {method} | {cell('loc_exact')} | {cell('loc_early')} | {cell('loc_late')} | "
@@ -141,6 +142,8 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=96, help="response length cap")
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     parser.add_argument("--target", type=float, default=0.85, help="accuracy for the rollouts-to-target column")
+    parser.add_argument("--oracle-noise", type=float, nargs="*", default=[],
+                        help="also run oracle resets replaced by a random step with these probabilities")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--out", default="runs/reproduce", help="output folder")
     args = parser.parse_args()
@@ -148,6 +151,8 @@ def main():
     import toy
 
     toy.load_baby_model()  # warm-start once, before the parallel runs share the cache
+    for noise in args.oracle_noise:  # oracle resets blurred: a random step with this probability
+        METHODS[f"oracle-noise{noise}"] = ("rrpo.py", ["--reset", "oracle", "--oracle-noise", str(noise)])
     jobs = [(method, seed) for seed in args.seeds for method in METHODS]
     with ThreadPoolExecutor(args.workers) as pool:
         outs = list(pool.map(lambda job: run(*job, args), jobs))

@@ -35,6 +35,7 @@ class ResetConfig(grpo.Config):
     reset: str = "random"  # how the reset step is chosen: random (RRPO), self (SRPO), oracle (true first error)
     max_fresh: int = 12  # fresh attempts per prompt to find a wrong solution before falling back to GRPO
     max_steps: int = 20  # a parent's steps beyond this many are merged into the last one
+    oracle_noise: float = 0.0  # with --reset oracle: chance of a uniformly random step instead, to blur the oracle
     out: str = "runs/rrpo"  # output folder: metrics.jsonl and checkpoint-{step}/
 
     def __post_init__(self):
@@ -68,10 +69,12 @@ def random_resets(policy, examples, parent_steps, rng, diagnostics):
 
 
 def oracle_resets(policy, examples, parent_steps, rng, diagnostics):
-    """CPI-CARO: the true first wrong step, from the task's step checker."""
+    """CPI-CARO: the true first wrong step, from the task's step checker; with probability
+    --oracle-noise a random step instead, which interpolates between oracle and RRPO."""
     if "step_checker" not in examples[0]:
         raise SystemExit("--reset oracle needs a dataset with a step checker, such as --dataset toy.")
-    return [min(ex["step_checker"](ex, steps) or 1, len(steps)) for ex, steps in zip(examples, parent_steps)]
+    return [localize.random_reset_step(len(steps), rng) if rng.random() < policy.cfg.oracle_noise
+            else min(ex["step_checker"](ex, steps) or 1, len(steps)) for ex, steps in zip(examples, parent_steps)]
 
 
 def reset_rollouts(policy, examples, rng, choose_resets=random_resets):

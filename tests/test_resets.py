@@ -271,3 +271,16 @@ def test_srpo_one_step_on_builtin_code_problems_tiny_model(tiny_model_dir, tmp_p
     grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, srpo.self_resets))
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
     assert line["samples_seen"] == 2 * 4 and line["reset_frac"] == 1.0 and line["fresh_acc"] == 0.0
+
+
+def test_oracle_noise_one_is_a_random_reset(tiny_tokenizer):
+    toy = pytest.importorskip("toy")
+    example = dict(toy.make_examples(1, seed=3)[0], step_checker=toy.first_wrong_step)
+    steps = toy.inject_error(example, 2, random.Random(0))
+    policy = ScriptedPolicy(tiny_tokenizer, srpo.SRPOConfig(oracle_noise=1.0), None)
+    rng, expected = random.Random(5), random.Random(5)
+    picks = [rrpo.oracle_resets(policy, [example], [steps], rng, {})[0] for _ in range(200)]
+    assert picks == [(expected.random(), expected.randint(1, len(steps)))[1] for _ in range(200)]
+    assert set(picks) == set(range(1, len(steps) + 1))
+    exact = ScriptedPolicy(tiny_tokenizer, srpo.SRPOConfig(oracle_noise=0.0), None)
+    assert rrpo.oracle_resets(exact, [example], [steps], random.Random(5), {}) == [2]
