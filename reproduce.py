@@ -46,7 +46,7 @@ def run(method: str, seed: int, args) -> Path:
     if method == "srpo":
         command += ["--loc-max-new-tokens", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(out.with_suffix(".log"), "w") as log:
+    with open(out.parent / f"{out.name}.log", "w") as log:
         subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     return out
 
