@@ -102,7 +102,8 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
 
     reset_examples = [examples[i] for i, _ in resets]
     parent_text = [policy.text(ids) for _, ids in resets]
-    parent_steps = [localize.split_steps(text, max_steps=cfg.max_steps) for text in parent_text]
+    # A parent that is only an end-of-sequence token has no text: one empty step, reset at k = 1.
+    parent_steps = [localize.split_steps(text, max_steps=cfg.max_steps) or [text] for text in parent_text]
     reset_steps = choose_resets(policy, reset_examples, parent_steps, rng, diagnostics)
     prefixes = []
     for (_, parent_ids), steps, k in zip(resets, parent_steps, reset_steps):

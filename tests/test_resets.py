@@ -284,3 +284,13 @@ def test_oracle_noise_one_is_a_random_reset(tiny_tokenizer):
     assert set(picks) == set(range(1, len(steps) + 1))
     exact = ScriptedPolicy(tiny_tokenizer, srpo.SRPOConfig(oracle_noise=0.0), None)
     assert rrpo.oracle_resets(exact, [example], [steps], random.Random(5), {}) == [2]
+
+
+def test_an_empty_parent_resets_at_step_one(tiny_tokenizer, cfg):
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(["", RIGHT, RIGHT, RIGHT, RIGHT], [RIGHT] * 4))
+    [example] = make_examples(tiny_tokenizer)
+    for choose in (rrpo.random_resets, srpo.self_resets):
+        policy.script = fresh_then_suffixes(["", RIGHT, RIGHT, RIGHT, RIGHT], [RIGHT] * 4)
+        rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(0), choose)
+        assert diagnostics["reset_step_mean"] == [1]
+        assert all(r.prompt_ids == example["prompt_ids"] for r in rollouts)
