@@ -436,6 +436,26 @@ def all_sum(values: list[float], device) -> list[float]:
     return tensor.tolist()
 
 
+def rollout_metrics(rollouts: list[Rollout], diagnostics: dict[str, list[float]], device) -> dict:
+    """Means over all processes of the per-rollout metrics and of the rollout builder's
+    diagnostics (None where no process had a value, e.g. no resets this step)."""
+    groups = {}
+    for r in rollouts:
+        groups.setdefault(r.group, []).append(r.reward)
+    values = {"reward_mean": [r.reward for r in rollouts],
+              "frac_zero_std_groups": [float(min(g) == max(g)) for g in groups.values()],
+              "response_len_mean": [len(r.response_ids) for r in rollouts],
+              "truncated_frac": [float(r.truncated) for r in rollouts], **diagnostics}
+    names = sorted(values)
+    if dist.is_initialized():  # a diagnostic may be present on some processes only
+        every = [None] * dist.get_world_size()
+        dist.all_gather_object(every, names)
+        names = sorted(set().union(*every))
+    totals = all_sum([sum(values.get(k, [])) for k in names] + [len(values.get(k, [])) for k in names], device)
+    sums, counts = totals[:len(names)], totals[len(names):]
+    return {k: total / count if count else None for k, total, count in zip(names, sums, counts)}
+
+
 def lr_at(step: int, cfg: Config) -> float:
     if step <= cfg.warmup_steps:
         return cfg.lr * step / max(cfg.warmup_steps, 1)
@@ -640,33 +660,17 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
                                                             tokenizer.pad_token_id, device)
         train_s = time.time() - step_start - rollout_s
 
-        groups = {}
-        for r in rollouts:
-            groups.setdefault(r.group, []).append(r.reward)
-        sums = {"reward_mean": [r.reward for r in rollouts],
-                "frac_zero_std_groups": [float(min(g) == max(g)) for g in groups.values()],
-                "response_len_mean": [len(r.response_ids) for r in rollouts],
-                "truncated_frac": [float(r.truncated) for r in rollouts], **diagnostics}
-        names = sorted(sums)
-        if dist.is_initialized():  # a diagnostic may be present on some processes only
-            every = [None] * world
-            dist.all_gather_object(every, names)
-            names = sorted(set().union(*every))
-        totals = all_sum([sum(sums.get(k, [])) for k in names] + [len(sums.get(k, [])) for k in names]
-                         + [len(rollouts), policy.tokens_generated, float(bool(stop_requested))], device)
-        record = {"step": step}
-        record.update({k: totals[i] / totals[len(names) + i] if totals[len(names) + i] else None
-                       for i, k in enumerate(names)})
-        samples_seen += int(totals[-3])
+        record = {"step": step, **rollout_metrics(rollouts, diagnostics, device)}
+        n_rollouts, tokens, stop = all_sum([len(rollouts), policy.tokens_generated, len(stop_requested)], device)
+        samples_seen += int(n_rollouts)
         record.update(loss=loss, grad_norm=grad_norm, lr=lr_at(step, cfg), skipped=skipped_reason,
                       rollout_s=rollout_s, train_s=train_s, samples_seen=samples_seen,
-                      tokens_generated=int(totals[-2]))
+                      tokens_generated=int(tokens))
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             last_acc = record["eval_acc"] = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device)
         record["step_s"] = time.time() - step_start
         log(record)
         bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=last_acc)
-        stop = totals[-1] > 0
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or stop):
             save_checkpoint(model, tokenizer, optimizer, {"step": step, "samples_seen": samples_seen,
                                                           "config": dataclasses.asdict(cfg)}, out)
