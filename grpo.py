@@ -59,7 +59,7 @@ class Config:
     max_new_tokens: int | None = None  # response length cap (longer ones are truncated); default 96 for the toy model, else 1024
     temperature: float = 0.7  # sampling temperature; the log-probs are computed at the same temperature
     top_p: float = 0.95  # nucleus sampling
-    lr: float | None = None  # peak learning rate of AdamW; default 1e-4 for the toy model, else 1e-6
+    lr: float | None = None  # peak learning rate of AdamW; default 5e-5 for the toy model, else 1e-6
     weight_decay: float = 0.01  # AdamW weight decay
     warmup_steps: int = 0  # linear warmup steps
     lr_schedule: str = "constant"  # after warmup: constant or cosine
@@ -82,7 +82,7 @@ class Config:
         toy = self.model == "toy"
         self.dataset = self.dataset or ("toy" if toy else "gsm8k")
         self.max_new_tokens = self.max_new_tokens or (96 if toy else 1024)
-        self.lr = self.lr or (1e-4 if toy else 1e-6)
+        self.lr = self.lr or (5e-5 if toy else 1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
