@@ -310,6 +310,11 @@ class Rollout:
     truncated: bool  # hit --max-new-tokens without an end-of-sequence token
 
 
+def response_text(tokenizer, ids: list[int]) -> str:
+    """Generated ids as text, decoded the way localize.step_token_ends decodes them."""
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
 class Policy:
     """The model being trained, as the rollout builders see it: sample, decode, score."""
 
@@ -327,7 +332,7 @@ class Policy:
         return responses
 
     def text(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return response_text(self.tokenizer, ids)
 
     def truncated(self, ids: list[int]) -> bool:
         return not ids or ids[-1] not in self.stop
@@ -535,7 +540,7 @@ def evaluate(model, tokenizer, examples, cfg, rank, world, device, batch=32) -> 
     for i in range(0, len(shard), batch):
         chunk = shard[i:i + batch]
         responses = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens, greedy=True)
-        correct += sum(rewards(chunk, [tokenizer.decode(r[0], skip_special_tokens=True) for r in responses]))
+        correct += sum(rewards(chunk, [response_text(tokenizer, r[0]) for r in responses]))
     correct, count = all_sum([correct, len(shard)], device)
     return correct / max(count, 1)
 
@@ -605,16 +610,15 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     if state:
         optimizer.load_state_dict(state["optimizer"])
 
-    dataset = cfg.dataset
     context = getattr(model.config, "max_position_embeddings", 10**9)
-    train_examples, skipped = tokenize_prompts(load_examples(dataset, True, cfg), tokenizer, cfg.max_new_tokens, context)
-    eval_examples, _ = tokenize_prompts(load_examples(cfg.eval_dataset or dataset, False, cfg)[:cfg.eval_size],
+    train_examples, skipped = tokenize_prompts(load_examples(cfg.dataset, True, cfg), tokenizer, cfg.max_new_tokens, context)
+    eval_examples, _ = tokenize_prompts(load_examples(cfg.eval_dataset or cfg.dataset, False, cfg)[:cfg.eval_size],
                                         tokenizer, cfg.max_new_tokens, context)
     if skipped and rank == 0:
         warnings.warn(f"{skipped} prompts leave no room for {cfg.max_new_tokens} new tokens in the "
                       f"model's context of {context}: skipped.")
     if not train_examples:
-        raise SystemExit(f"No usable training prompts in '{dataset}'.")
+        raise SystemExit(f"No usable training prompts in '{cfg.dataset}'.")
 
     policy = Policy(model, tokenizer, cfg)
     stop_requested = []
@@ -643,7 +647,7 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     if first_acc is not None:
         log({"step": 0, "eval_acc": first_acc, "skipped_long_prompts": skipped})
     last_acc, step = first_acc, start - 1
-    bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps, disable=rank != 0, desc=dataset)
+    bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps, disable=rank != 0, desc=cfg.dataset)
     for step in bar:
         step_start = time.time()
         step_rng = random.Random(f"{cfg.seed}-{step}-{rank}")  # sampling is reproducible per step and rank
