@@ -1,7 +1,7 @@
 """Programming problems: the code prompt, a small built-in problem set, and a LiveCodeBench loader.
 
 An example is {"question": str, "tests": list[dict]}, with tests in the format of
-`verify.run_tests`: {"input": stdin, "output": expected stdout}, or LiveCodeBench's "functional"
+`sandbox.run_tests`: {"input": stdin, "output": expected stdout}, or LiveCodeBench's "functional"
 style {"fn_name": name, "input": one JSON argument per line, "output": JSON of the return value}.
 The training scripts format a question as
 `grpo.format_prompt(tokenizer, question, instruction=CODE_INSTRUCTION)` and score completions with

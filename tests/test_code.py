@@ -1,6 +1,6 @@
-"""Code checking (verify.py) and programming problems (code_tasks.py): extracting the program,
-judging outputs, the sandbox against hostile programs, the built-in problems and the LiveCodeBench
-loader. Hostile programs get a 1 s time limit so the file stays fast."""
+"""Code checking (verify.py, sandbox.py) and programming problems (code_tasks.py): extracting the
+program, judging outputs, the sandbox against hostile programs, the built-in problems and the
+LiveCodeBench loader. Hostile programs get a 1 s time limit so the file stays fast."""
 import base64
 import json
 import os
@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 import code_tasks
-import verify
-from verify import (
-    code_reward, code_rewards, extract_code, outputs_match, returns_match, run_tests, Verdict,
-)
+import sandbox
+from sandbox import outputs_match, returns_match, run_tests, Verdict
+from verify import code_reward, code_rewards, extract_code
 
 AS_ROOT = os.getuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="only a root trainer can run programs as another uid")
@@ -271,8 +270,8 @@ def test_deep_recursion_fails_cleanly(program):
 def test_the_working_directory_is_private_and_removed(monkeypatch):
     program = "import os\nopen('scratch.txt', 'w').write('mine')\nprint(os.getcwd(), open('scratch.txt').read())"
     report = {}
-    judge = verify._judge
-    monkeypatch.setattr(verify, "_judge", lambda test, reported: report.update(reported) or judge(test, reported))
+    judge = sandbox._judge
+    monkeypatch.setattr(sandbox, "_judge", lambda test, reported: report.update(reported) or judge(test, reported))
     run_tests(program, PRINTS_OK)
     workdir, content = report["output"].split()
     assert content == "mine" and workdir != os.getcwd()

@@ -1,5 +1,7 @@
-"""Tests of verify.py's math half: answer extraction, equivalence, gold answers, time bounds."""
+"""Tests of verify.py's math half: answer extraction, equivalence, gold answers, time bounds, and
+a copy of the file working on its own."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -317,3 +319,16 @@ def test_worker_stops_when_its_parent_is_killed_during_a_comparison():
     while running() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not running()
+
+
+def test_a_copy_under_another_name_without_the_main_block_works(tmp_path):
+    source = (Path(__file__).resolve().parents[1] / "verify.py").read_text()
+    math_checking, _ = source.split('\nif __name__ == "__main__":')  # cut off the CLI
+    (tmp_path / "answer_check.py").write_text(math_checking)
+    # a fresh interpreter in a folder with only the copy: the project's files are not importable
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    check = ("import answer_check\n"
+             "print(answer_check.is_equiv('(x+1)^2', 'x^2+2x+1'), answer_check.is_equiv('(x+1)^2', 'x^2+1'))")
+    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.stdout == "True False\n", run.stderr
