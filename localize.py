@@ -5,14 +5,16 @@ last one holds `\boxed{answer}` (PAPER.md section 3). From a failed solution we 
 
 1. its steps (`split_steps`), cut losslessly so that `"".join(steps)` gives back the text;
 2. where each step ends among the generated token ids (`step_token_ends`): a reset prefix is the
-   exact generated ids up to a boundary, because re-tokenising the prefix text can give other ids;
+   exact generated ids up to a boundary, because re-tokenising the prefix text can give other ids
+   (`response_steps` gives both, from the thought ends recorded while generating when there are
+   some);
 3. the reset step k, either uniform (RRPO, `random_reset_step`) or chosen by the model itself
    (SRPO): `localization_prompt` asks it for the step where the error originated and
    `parse_error_step` reads its `\boxed{k}`.
 
 The reset prefix is then steps 1..k-1 (step k itself is resampled):
 
-    ends = step_token_ends(tokenizer, response_ids)
+    steps, ends = response_steps(tokenizer, response_ids, thought_ends)
     prefix_ids = response_ids[:ends[k - 2]] if k > 1 else []
 """
 import random
@@ -78,7 +80,8 @@ def split_steps(text, delimiter=DELIMITER, max_steps=None):
     return steps
 
 
-def _decode(tokenizer, token_ids):
+def decode(tokenizer, token_ids):
+    """Generated ids as text: the one decoding used for steps, rewards and dumps."""
     # Special tokens (eos, chat markers) carry no step text, so they are skipped; no space
     # clean-up, so that the text of a prefix of the ids is a prefix of the text of all of them.
     return tokenizer.decode(token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
@@ -106,7 +109,7 @@ def step_token_ends(tokenizer, response_ids, delimiter=DELIMITER, max_steps=None
     With a tokenizer whose tokens are single characters, "ab</thought>cd" (14 tokens) gives
     ends [12, 14], and the ids [:12] decode to "ab</thought>". Pass the response unpadded.
     """
-    text = _decode(tokenizer, response_ids)
+    text = decode(tokenizer, response_ids)
     steps = split_steps(text, delimiter, max_steps)
     ends, lowest_end, step_text = [], 0, ""
     for step in steps[:-1]:
@@ -115,13 +118,35 @@ def step_token_ends(tokenizer, response_ids, delimiter=DELIMITER, max_steps=None
         low, high = lowest_end - 1, len(response_ids)
         while high - low > 1:
             middle = (low + high) // 2
-            if _decode(tokenizer, response_ids[:middle]).startswith(step_text):
+            if decode(tokenizer, response_ids[:middle]).startswith(step_text):
                 high = middle
             else:
                 low = middle
         ends.append(high)
         lowest_end = high
     return ends + [len(response_ids)] if steps else []
+
+
+def response_steps(tokenizer, response_ids, thought_ends=None, delimiter=DELIMITER, max_steps=None):
+    r"""The steps of a generated response and where each ends in `response_ids`: (steps, ends).
+
+    A response generated thought by thought comes with its thought ends, recorded token by token
+    as it was generated (grpo.ThoughtStopper); when the model used the delimiter, those are its
+    steps, and a thought cut at --max-thought-tokens is a step of its own. Otherwise (a model that
+    ignores the delimiter, or no record) the steps are those of `split_steps` and their ends those
+    of `step_token_ends`. Either way `response_ids[:ends[k - 1]]` is the state after step k, and the
+    steps are decoded with `decode`.
+
+    With a tokenizer whose tokens are single characters, "ab</thought>cd" generated as two
+    thoughts of 12 and 2 tokens gives (["ab</thought>", "cd"], [12, 14]).
+    """
+    text = decode(tokenizer, response_ids)
+    if thought_ends and delimiter in text:
+        # Each step is what a thought's ids add to the text of the ids before it.
+        prefixes = [decode(tokenizer, response_ids[:end]) for end in thought_ends]
+        steps = [text_after[len(text_before):] for text_before, text_after in zip([""] + prefixes, prefixes)]
+        return steps, list(thought_ends)
+    return split_steps(text, delimiter, max_steps), step_token_ends(tokenizer, response_ids, delimiter, max_steps)
 
 
 def localization_prompt(question, steps, delimiter=DELIMITER):

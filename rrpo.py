@@ -14,16 +14,25 @@ With a budget of B scored rollouts per prompt (--group-size, default 8):
     advantages   A_i = (r_i - mean(r_g)) / std(r_g)  within each group g separately
     loss         - mean_i( A_i * mean_{t in trained tokens of i} log pi(y_i,t) )      (grpo.py)
 
-A suffix is rewarded as a whole solution (prefix + suffix). Step k itself is resampled, so the
-suffixes' reward differences are caused by decisions from step k on. If no wrong solution turns
-up within --max-fresh attempts, the prompt gets B fresh solutions in one group: exactly GRPO.
-`--reset oracle` resets at the true first wrong step instead, for tasks with a step checker
-(the built-in toy task): the credit-assignment oracle of the paper's theory.
+A suffix continues its parent's chain: it is rewarded as a whole solution (prefix + suffix), its
+thoughts count on from k, and prefix + suffix share one budget of --max-new-tokens tokens and
+--max-thoughts thoughts. Step k itself is resampled, so the suffixes' reward differences are
+caused by decisions from step k on. The parent's steps are its thoughts, as recorded while it was
+generated. If no wrong solution turns up within --max-fresh attempts, the prompt keeps B/2 of its
+(right) fresh solutions and gets B/2 new ones in the same group, which may hold a failure: GRPO,
+as in the authors' code. A fresh solution with no thought at all (an empty output) is a wrong
+member of group 1, never a parent. `--reset oracle` resets at the true first wrong step instead,
+for tasks with a step checker (the built-in toy task): the credit-assignment oracle of the
+paper's theory.
+
+Deviations from the authors' code: none in the buffer above. `--reset oracle` and
+`--oracle-noise` are additions, for tasks with a step checker.
 
     python rrpo.py                                                    # built-in demo, CPU
     python rrpo.py --model Qwen2.5-1.5B --dataset gsm8k               # one GPU
     torchrun --nproc_per_node 8 rrpo.py --model Qwen2.5-1.5B --dataset gsm8k
 """
+import dataclasses
 from dataclasses import dataclass
 
 import grpo
@@ -34,7 +43,6 @@ import localize
 class ResetConfig(grpo.Config):
     reset: str = "random"  # how the reset step is chosen: random (RRPO), self (SRPO), oracle (true first error)
     max_fresh: int = 12  # fresh attempts per prompt to find a wrong solution before falling back to GRPO
-    max_steps: int = 20  # a parent's steps beyond this many are merged into the last one
     oracle_noise: float = 0.0  # with --reset oracle: chance of a uniformly random step instead, to blur the oracle
     out: str = "runs/rrpo"  # output folder: metrics.jsonl and checkpoint-{step}/
 
@@ -45,21 +53,33 @@ class ResetConfig(grpo.Config):
                              f"{self.group_size} and {self.max_fresh}): half the budget goes to each group.")
 
 
+def fresh_group(i):
+    """Group 1 of prompt i: fresh solutions."""
+    return 2 * i
+
+
+def suffix_group(i):
+    """Group 2 of prompt i: suffixes from the reset state."""
+    return 2 * i + 1
+
+
+def can_be_parent(rollout):
+    """A wrong solution with at least one thought to reset into; an empty one is only wrong."""
+    return rollout.reward < 1 and rollout.n_thoughts > 0
+
+
 def sample_fresh(policy, examples):
-    """Fresh (response ids, reward) per prompt: B/2 + 1 for everyone, then more (up to
-    --max-fresh in total) only for prompts that have no wrong solution yet."""
+    """Fresh scored rollouts per prompt: B/2 + 1 for everyone, then more (up to --max-fresh in
+    total) only for prompts that have no parent yet."""
     cfg = policy.cfg
     fresh = [[] for _ in examples]
     pending = list(range(len(examples)))
     for n in (cfg.group_size // 2 + 1, cfg.max_fresh - cfg.group_size // 2 - 1):
         if not pending or n <= 0:
             break
-        groups = policy.sample([examples[i]["prompt_ids"] for i in pending], n)
-        flat = [(i, ids) for i, responses in zip(pending, groups) for ids in responses]
-        scores = policy.score([examples[i] for i, _ in flat], [ids for _, ids in flat])
-        for (i, ids), score in zip(flat, scores):
-            fresh[i].append((ids, score))
-        pending = [i for i in pending if all(score == 1 for _, score in fresh[i])]
+        for i, rollouts in zip(pending, grpo.sample_rollouts(policy, [examples[i] for i in pending], n, pending)):
+            fresh[i] += rollouts
+        pending = [i for i in pending if not any(map(can_be_parent, fresh[i]))]
     return fresh
 
 
@@ -82,55 +102,73 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
     one batched phase for fresh solutions, one for choosing resets, one for suffixes."""
     cfg, half = policy.cfg, policy.cfg.group_size // 2
     fresh = sample_fresh(policy, examples)
-    diagnostics = {"reset_frac": [], "reset_step_mean": [], "reset_pos_mean": [], "suffix_acc": [],
-                   "fresh_acc": [score for samples in fresh for _, score in samples],
-                   "fresh_attempts_mean": [len(samples) for samples in fresh]}
-    if "step_checker" in examples[0]:
-        for name in ("loc_exact", "loc_early", "loc_late", "suffix_acc_clean_prefix", "suffix_acc_wrong_prefix"):
-            diagnostics[name] = []
-    rollouts, resets = [], []  # resets: (example index, parent ids)
-    for i, (example, samples) in enumerate(zip(examples, fresh)):
-        parent = next((j for j, (_, score) in enumerate(samples) if score < 1), None)
-        kept = [s for j, s in enumerate(samples) if j != parent][:half if parent is not None else cfg.group_size]
-        rollouts += [grpo.Rollout(example["prompt_ids"], ids, score, 2 * i, policy.truncated(ids))
-                     for ids, score in kept]
+    diagnostics = new_diagnostics(fresh, "step_checker" in examples[0])
+    rollouts, parents = [], {}  # parents: prompt index -> its parent rollout
+    for i, samples in enumerate(fresh):
+        parent = next((r for r in samples if can_be_parent(r)), None)
+        rollouts += [dataclasses.replace(r, group=fresh_group(i)) for r in samples if r is not parent][:half]
         diagnostics["reset_frac"].append(float(parent is not None))
         if parent is not None:
-            resets.append((i, samples[parent][0]))
-    if not resets:
+            parents[i] = parent
+            policy.remember("parent", i, parent.response_ids, parent.finish, parent.n_thoughts, parent.reward)
+    # No parent: keep B/2 of the (right) fresh solutions and sample B/2 more into the same group,
+    # so that it can still hold a failure and carry signal.
+    unfailed = [i for i in range(len(examples)) if i not in parents]
+    if unfailed:
+        for i, extra in zip(unfailed, grpo.sample_rollouts(policy, [examples[i] for i in unfailed], half, unfailed)):
+            rollouts += [dataclasses.replace(r, group=fresh_group(i)) for r in extra]
+    if not parents:
         return rollouts, diagnostics
 
-    reset_examples = [examples[i] for i, _ in resets]
-    parent_text = [policy.text(ids) for _, ids in resets]
-    # A parent that is only an end-of-sequence token has no text: one empty step, reset at k = 1.
-    parent_steps = [localize.split_steps(text, max_steps=cfg.max_steps) or [text] for text in parent_text]
+    reset_examples = [{**examples[i], "prompt_index": i} for i in parents]
+    parent_steps, parent_ends = zip(*(localize.response_steps(policy.tokenizer, parent.response_ids, parent.thought_ends,
+                                                              max_steps=cfg.max_thoughts) for parent in parents.values()))
     reset_steps = choose_resets(policy, reset_examples, parent_steps, rng, diagnostics)
-    prefixes = []
-    for (_, parent_ids), steps, k in zip(resets, parent_steps, reset_steps):
-        ends = localize.step_token_ends(policy.tokenizer, parent_ids, max_steps=cfg.max_steps)
-        prefixes.append(parent_ids[:ends[k - 2]] if k > 1 else [])  # steps 1..k-1, token-exact
-        diagnostics["reset_step_mean"].append(k)
-        diagnostics["reset_pos_mean"].append(k / len(steps))
-
-    contexts = [ex["prompt_ids"] + prefix for ex, prefix in zip(reset_examples, prefixes)]
-    suffixes = policy.sample(contexts, half)
+    # The suffix continues the parent's chain: steps 1..k-1 (its exact ids) are context, and
+    # prefix + suffix share one budget of tokens and of thoughts.
+    prefixes = [parent.response_ids[:ends[k - 2]] if k > 1 else []
+                for parent, ends, k in zip(parents.values(), parent_ends, reset_steps)]
+    suffixes = policy.sample([ex["prompt_ids"] + prefix for ex, prefix in zip(reset_examples, prefixes)], half,
+                             max_new_tokens=[cfg.max_new_tokens - len(prefix) for prefix in prefixes],
+                             max_thoughts=[cfg.max_thoughts - (k - 1) for k in reset_steps])
     # Each suffix is judged as a whole solution: the parent's prefix followed by the suffix.
-    scores = policy.score([ex for ex in reset_examples for _ in range(half)],
-                          [prefix + suffix for prefix, group in zip(prefixes, suffixes) for suffix in group])
-    for n, ((i, _), example, context, group, steps, k) in enumerate(
-            zip(resets, reset_examples, contexts, suffixes, parent_steps, reset_steps)):
-        for suffix, score in zip(group, scores[n * half:(n + 1) * half]):
-            rollouts.append(grpo.Rollout(context, suffix, score, 2 * i + 1, policy.truncated(suffix)))
-            diagnostics["suffix_acc"].append(score)
-        if "step_checker" in example:
-            first_error = example["step_checker"](example, steps) or len(steps)
-            diagnostics["loc_exact"].append(float(k == first_error))
-            diagnostics["loc_early"].append(float(k < first_error))
-            diagnostics["loc_late"].append(float(k > first_error))
-            # A prefix s_1..s_{k-1} is clean when the first error is at step k or later.
-            clean = "suffix_acc_clean_prefix" if k <= first_error else "suffix_acc_wrong_prefix"
-            diagnostics[clean].extend(r.reward for r in rollouts[-half:])
+    scores = iter(policy.score([ex for ex in reset_examples for _ in range(half)],
+                               [prefix + chain.ids for prefix, group in zip(prefixes, suffixes) for chain in group]))
+    for i, example, prefix, group, steps, k in zip(parents, reset_examples, prefixes, suffixes, parent_steps,
+                                                   reset_steps):
+        group_rollouts = [grpo.Rollout(example["prompt_ids"] + prefix, chain.ids, next(scores), suffix_group(i),
+                                       chain.finish, i, chain.thought_ends, "suffix", len(prefix), k)
+                          for chain in group]
+        rollouts += group_rollouts
+        record_reset(diagnostics, example, steps, k, [r.reward for r in group_rollouts])
     return rollouts, diagnostics
+
+
+def new_diagnostics(fresh, has_step_checker):
+    """The per-step diagnostics of the reset buffer, averaged over prompts (or resets) in the log."""
+    diagnostics = {"reset_frac": [], "reset_step_mean": [], "reset_pos_mean": [], "suffix_acc": [],
+                   "fresh_acc": [r.reward for samples in fresh for r in samples],
+                   "fresh_attempts_mean": [len(samples) for samples in fresh]}
+    if has_step_checker:
+        for name in ("loc_exact", "loc_early", "loc_late", "suffix_acc_clean_prefix", "suffix_acc_wrong_prefix"):
+            diagnostics[name] = []
+    return diagnostics
+
+
+def record_reset(diagnostics, example, steps, k, suffix_rewards):
+    """Where the reset landed and how its suffixes did; with a step checker (the toy task), also
+    against the true first error: localization exact, early or late, and correction rate from a
+    clean prefix (the first error at step k or later) against a wrong one."""
+    diagnostics["reset_step_mean"].append(k)
+    diagnostics["reset_pos_mean"].append(k / len(steps))
+    diagnostics["suffix_acc"].extend(suffix_rewards)
+    if "step_checker" in example:
+        first_error = example["step_checker"](example, steps) or len(steps)
+        diagnostics["loc_exact"].append(float(k == first_error))
+        diagnostics["loc_early"].append(float(k < first_error))
+        diagnostics["loc_late"].append(float(k > first_error))
+        clean = "suffix_acc_clean_prefix" if k <= first_error else "suffix_acc_wrong_prefix"
+        diagnostics[clean].extend(suffix_rewards)
 
 
 def resets_by_name(name: str):

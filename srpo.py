@@ -17,6 +17,10 @@ Step k is resampled: if the model localized its error well, the suffixes restart
 prefix and their reward differences credit the decision at step k. Localization tokens are never
 trained on. `--reset random` gives RRPO and `--reset oracle` the true first error (toy task).
 
+Deviations from the authors' code: the wording of the localization request is ours (PAPER.md
+section 4 gives its content, not its text). As theirs, it is a chat-template generation at
+temperature 0.3 of up to --loc-max-new-tokens (4,096 for a pretrained model) of free text.
+
     python srpo.py                                                    # built-in demo, CPU
     python srpo.py --model Qwen2.5-1.5B --dataset gsm8k               # one GPU
     torchrun --nproc_per_node 8 srpo.py --model Qwen2.5-1.5B --dataset gsm8k
@@ -32,8 +36,12 @@ import rrpo
 class SRPOConfig(rrpo.ResetConfig):
     reset: str = "self"  # how the reset step is chosen: self (SRPO), random (RRPO), oracle (true first error)
     loc_temperature: float = 0.3  # sampling temperature of the localization pass
-    loc_max_new_tokens: int = 1024  # length cap of the localization answer
+    loc_max_new_tokens: int | None = None  # length cap of the localization reply; default 1024 for the toy model, else 4096 (the paper)
     out: str = "runs/srpo"  # output folder: metrics.jsonl and checkpoint-{step}/
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.loc_max_new_tokens = self.loc_max_new_tokens or (1024 if self.model == "toy" else 4096)
 
 
 def self_resets(policy, examples, parent_steps, rng, diagnostics):
@@ -41,12 +49,15 @@ def self_resets(policy, examples, parent_steps, rng, diagnostics):
     cfg, tokenizer = policy.cfg, policy.tokenizer
     prompts = [tokenizer(grpo.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps)),
                          add_special_tokens=False).input_ids for ex, steps in zip(examples, parent_steps)]
-    answers = policy.sample(prompts, 1, temperature=cfg.loc_temperature, max_new_tokens=cfg.loc_max_new_tokens)
+    # A localization reply is free text, not a chain of thoughts: it ends at eos or at its cap.
+    replies = policy.sample(prompts, 1, max_new_tokens=cfg.loc_max_new_tokens, temperature=cfg.loc_temperature,
+                            thoughts=False)
     reset_steps = []
-    for (answer,), steps in zip(answers, parent_steps):
-        k = localize.parse_error_step_or_none(policy.text(answer), len(steps))
+    for (reply,), example, steps in zip(replies, examples, parent_steps):
+        k = localize.parse_error_step_or_none(policy.text(reply.ids), len(steps))
         diagnostics.setdefault("loc_parse_fail_frac", []).append(float(k is None))
-        diagnostics.setdefault("loc_len_mean", []).append(len(answer))
+        diagnostics.setdefault("loc_len_mean", []).append(len(reply.ids))
+        policy.remember("localization", example.get("prompt_index", 0), reply.ids, reply.finish)
         reset_steps.append(k or 1)
     return reset_steps
 

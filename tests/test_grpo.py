@@ -35,7 +35,7 @@ def check_cached_equals_plain(model, tokenizer, texts, max_new_tokens=24):
     reference = plain_greedy(model, tokenizer, prompts, max_new_tokens)
     for group, expected in zip(cached, reference):
         assert len(expected) > 0
-        assert all(response == expected for response in group)
+        assert all(chain.ids == expected for chain in group)
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,8 @@ def test_cached_sampling_equals_plain_generate_left_padded_batch(chaotic_model, 
     check_cached_equals_plain(chaotic_model, tiny_tokenizer, texts)
 
 
-def test_cached_sampling_equals_plain_generate_smollm2(smollm2_gguf, smollm2_tokenizer):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name).eval()
+def test_cached_sampling_equals_plain_generate_smollm2(smollm2_model, smollm2_tokenizer):
+    model = smollm2_model
     texts = [grpo.format_prompt(smollm2_tokenizer, "What is 12 times 3?"),
              grpo.format_prompt(smollm2_tokenizer, "Natalia sold clips to 48 of her friends in April, "
                                 "and then she sold half as many clips in May. How many clips in total?")]
@@ -68,16 +66,18 @@ def test_sampling_keeps_eos_and_marks_truncation(chaotic_model, tiny_tokenizer):
     prompt = tiny_tokenizer("Natalia").input_ids
     responses = grpo.sample(chaotic_model, tiny_tokenizer, [prompt], n=4, max_new_tokens=6, temperature=1.0)
     assert len(responses) == 1 and len(responses[0]) == 4
-    for response in responses[0]:
+    for chain in responses[0]:
+        response = chain.ids
+        assert chain.finish == ("eos" if response[-1] == tiny_tokenizer.eos_token_id else "budget")
         assert 1 <= len(response) <= 6
         eos_at = [i for i, t in enumerate(response) if t == tiny_tokenizer.eos_token_id]
         assert eos_at in ([], [len(response) - 1])  # nothing kept after the first eos
 
 
 def test_response_logprobs_match_naive_computation(chaotic_model):
-    rollouts = [grpo.Rollout([5, 6, 7], [8, 9], 1.0, 0, False),
-                grpo.Rollout([5], [10, 11, 12, 13], 0.0, 0, False),
-                grpo.Rollout([3, 4, 5, 6, 7, 8], [9], 1.0, 1, False)]
+    rollouts = [grpo.Rollout([5, 6, 7], [8, 9], 1.0, 0),
+                grpo.Rollout([5], [10, 11, 12, 13], 0.0, 0),
+                grpo.Rollout([3, 4, 5, 6, 7, 8], [9], 1.0, 1)]
     temperature = 0.7
     logprobs, mask = grpo.response_logprobs(chaotic_model, rollouts, pad_id=0, temperature=temperature)
     for row, r in enumerate(rollouts):
@@ -241,9 +241,8 @@ def first_token_rollouts(targets):
     """Reward 1 for a completion whose first token is in `targets`: a trivially learnable behaviour."""
     def make_rollouts(policy, examples, rng):
         groups = policy.sample([ex["prompt_ids"] for ex in examples], policy.cfg.group_size)
-        rollouts = [grpo.Rollout(ex["prompt_ids"], response, float(response[0] in targets), i,
-                                 policy.truncated(response))
-                    for i, (ex, responses) in enumerate(zip(examples, groups)) for response in responses]
+        rollouts = [grpo.Rollout(ex["prompt_ids"], chain.ids, float(chain.ids[0] in targets), i, chain.finish, i)
+                    for i, (ex, chains) in enumerate(zip(examples, groups)) for chain in chains]
         return rollouts, {}
     return make_rollouts
 
@@ -266,7 +265,7 @@ def test_non_finite_loss_never_reaches_the_weights(tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    rollouts = [grpo.Rollout([5, 6], [7, 8], 1.0, 0, False), grpo.Rollout([5, 6], [9, 8], 0.0, 0, False)]
+    rollouts = [grpo.Rollout([5, 6], [7, 8], 1.0, 0), grpo.Rollout([5, 6], [9, 8], 0.0, 0)]
     cfg = grpo.Config(temperature=0.0)  # logits / 0 -> non-finite log-probs
     loss, grad_norm, skipped = grpo.train_on_rollouts(model, None, optimizer, rollouts, cfg, 0, torch.device("cpu"))
     assert skipped == "non-finite"
@@ -343,7 +342,7 @@ def test_ctrl_c_saves_the_last_step_and_exits(tiny_model_dir, tmp_path):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer):
-    rollouts = [grpo.Rollout([5, 6, 7], [8, 9], 1.0, 0, False), grpo.Rollout([5], [10, 11, 12], 0.0, 0, False)]
+    rollouts = [grpo.Rollout([5, 6, 7], [8, 9], 1.0, 0), grpo.Rollout([5], [10, 11, 12], 0.0, 0)]
     grads = []
     for checkpointing in (False, True):
         model = make_model(tiny_tokenizer, seed=1).train()
@@ -353,3 +352,113 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer):
         grpo.policy_loss(logprobs, torch.tensor([1.0, -1.0]), mask).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The update schedule: mini-batches, and averages over all processes
+# ---------------------------------------------------------------------------------------------
+
+
+def small_model(seed=1):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True))
+
+
+def prompts_rollouts(first_prompt, n_prompts):
+    """Two rollouts per prompt (rewards 1 and 0), of lengths that differ from prompt to prompt."""
+    return [grpo.Rollout([5, 6, p], list(range(10, 12 + p + j)), float(j == 0), group=p, prompt_index=p)
+            for p in range(first_prompt, first_prompt + n_prompts) for j in range(2)]
+
+
+def test_mini_batches_are_one_optimizer_step_per_slice_of_prompts():
+    rollouts = prompts_rollouts(0, 4)
+    cfg = grpo.Config(mini_batches=2, temperature=1.0)
+    model = small_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    grpo.train_on_rollouts(model, None, optimizer, rollouts, cfg, 0, torch.device("cpu"))
+    # reference: two separate updates, one on each half of the prompts
+    reference = small_model()
+    ref_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    for half in (rollouts[:4], rollouts[4:]):
+        grpo.train_on_rollouts(reference, None, ref_optimizer, half, grpo.Config(mini_batches=1, temperature=1.0), 0,
+                               torch.device("cpu"))
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    one_step = small_model()
+    grpo.train_on_rollouts(one_step, None, torch.optim.AdamW(one_step.parameters(), lr=1e-2), rollouts,
+                           grpo.Config(mini_batches=1, temperature=1.0), 0, torch.device("cpu"))
+    assert any(not torch.allclose(p, q) for p, q in zip(model.parameters(), one_step.parameters()))
+
+
+def test_prompt_slices_keep_a_prompts_rollouts_together():
+    rollouts = [grpo.Rollout([], [], 0.0, g, prompt_index=g // 2) for g in (0, 1, 0, 1, 2, 3, 2, 3, 4, 5)]
+    assert grpo.prompt_slices(rollouts, 2) == [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9]]
+    assert grpo.prompt_slices(rollouts, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def update_on_two_processes(rank, loss_agg, path, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    rollouts = prompts_rollouts(0, 2) if rank == 0 else prompts_rollouts(2, 1)  # unequal shares
+    model = small_model()
+    grpo.train_on_rollouts(model, None, torch.optim.SGD(model.parameters(), lr=1.0), rollouts,
+                           grpo.Config(mini_batches=1, loss_agg=loss_agg, temperature=1.0), 0, torch.device("cpu"))
+    if rank == 0:
+        torch.save(model.state_dict(), path)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("loss_agg", ["seq-mean", "token-mean"])
+def test_two_processes_average_over_all_sequences_and_tokens(loss_agg, tmp_path):
+    """Three prompts split 2 + 1 over two processes give the update of one process with all three."""
+    import torch.multiprocessing as mp
+
+    path = tmp_path / "weights.pt"
+    mp.spawn(update_on_two_processes, args=(loss_agg, path, 29600 + (loss_agg == "token-mean")), nprocs=2)
+    model = small_model()
+    grpo.train_on_rollouts(model, None, torch.optim.SGD(model.parameters(), lr=1.0), prompts_rollouts(0, 3),
+                           grpo.Config(mini_batches=1, loss_agg=loss_agg, temperature=1.0), 0, torch.device("cpu"))
+    two_processes = torch.load(path)
+    for name, value in model.state_dict().items():
+        assert torch.allclose(value, two_processes[name], atol=1e-6), name
+
+
+def test_evaluation_runs_in_eval_mode_and_restores_the_mode(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    modes = []
+
+    def recording_sample(model, *args, **kwargs):
+        modes.append(model.training)
+        return [[grpo.Chain([1], [1], "eos")] for _ in args[1]]
+    monkeypatch.setattr(grpo, "sample", recording_sample)
+    examples = [{"question": "1+1?", "answer": "2", "prompt_ids": [5, 6]}] * 3
+    grpo.evaluate(model, tiny_tokenizer, examples, grpo.Config(), 0, 1, torch.device("cpu"), batch=2)
+    assert modes == [False, False] and model.training
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation problems are held out; rollout dumps
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_dataset_without_a_test_split_gets_a_held_out_slice(tmp_path, capsys):
+    data = write_problems(tmp_path / "d.jsonl", n=8)
+    train, held_out = grpo.train_and_eval_examples(grpo.Config(dataset=str(data), eval_size=3, seed=1), rank=0)
+    assert len(train) == 5 and len(held_out) == 3
+    assert not {ex["question"] for ex in train} & {ex["question"] for ex in held_out}
+    assert "Training on 5 problems" in capsys.readouterr().out
+    # the same slice for every seed
+    assert grpo.train_and_eval_examples(grpo.Config(dataset=str(data), eval_size=3, seed=7), rank=0)[1] == held_out
+    # asked for on purpose: the overlap is counted
+    grpo.train_and_eval_examples(grpo.Config(dataset=str(data), eval_dataset=str(data), eval_size=3), rank=0)
+    assert "3 training problems are also evaluated on" in capsys.readouterr().out
+
+
+def test_toy_training_never_sees_an_evaluation_problem():
+    train, held_out = grpo.train_and_eval_examples(grpo.Config(eval_size=500), rank=0)
+    assert not {ex["question"] for ex in train} & {ex["question"] for ex in held_out}

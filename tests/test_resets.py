@@ -16,18 +16,27 @@ WRONG = "2 + 3 = 6</thought>6 is odd</thought>So 6</thought>\\boxed{6}</thought>
 
 
 class ScriptedPolicy(grpo.Policy):
-    """grpo.Policy with `sample` replaced by a script: script(prompt_text, n, call) -> n texts.
-    Records every call, so the tests can check what was asked, in how many batched calls."""
+    """grpo.Policy with `sample` replaced by a script: script(prompt_text, n, kind) -> n texts, where
+    kind is fresh, suffix or localization. Records every call, so the tests can check what was
+    asked, in how many batched calls."""
 
     def __init__(self, tokenizer, cfg, script):
         self.model, self.tokenizer, self.cfg, self.script = None, tokenizer, cfg, script
-        self.stop, self.tokens_generated, self.calls = {tokenizer.eos_token_id}, 0, []
+        self.tokens_generated, self.calls, self.untrained = 0, [], []
 
-    def sample(self, prompts, n, temperature=None, max_new_tokens=None, greedy=False):
-        self.calls.append({"prompts": prompts, "n": n, "temperature": temperature})
-        texts = [self.script(self.tokenizer.decode(p), n, len(self.calls)) for p in prompts]
-        return [[self.tokenizer(t, add_special_tokens=False).input_ids + [self.tokenizer.eos_token_id]
-                 for t in group] for group in texts]
+    def sample(self, prompts, n, max_new_tokens=None, max_thoughts=None, temperature=None, greedy=False,
+               thoughts=True):
+        kind = "localization" if not thoughts else "suffix" if max_new_tokens is not None else "fresh"
+        self.calls.append({"prompts": prompts, "n": n, "temperature": temperature, "kind": kind,
+                           "max_new_tokens": max_new_tokens, "max_thoughts": max_thoughts})
+        texts = [self.script(self.tokenizer.decode(p), n, kind) for p in prompts]
+        return [[scripted_chain(self.tokenizer, t) for t in group] for group in texts]
+
+
+def scripted_chain(tokenizer, text):
+    """The chain a model that writes `text` and then eos would give."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return grpo.Chain(ids, localize.step_token_ends(tokenizer, ids), "answer" if "\\boxed{" in text else "eos")
 
 
 def make_examples(tokenizer, n=1):
@@ -38,11 +47,11 @@ def make_examples(tokenizer, n=1):
 
 
 def fresh_then_suffixes(fresh_texts, suffix_texts, localization="\\boxed{2}"):
-    """With B = 8 the phases ask for different n: fresh 5 (then 7), localization 1, suffixes 4."""
-    def script(prompt, n, call):
-        if n == 1:
+    """Fresh solutions are taken in order from fresh_texts, suffixes from the start of suffix_texts."""
+    def script(prompt, n, kind):
+        if kind == "localization":
             return [localization]
-        if n == 4:
+        if kind == "suffix":
             return suffix_texts[:n]
         return [fresh_texts.pop(0) for _ in range(n)]
     return script
@@ -61,7 +70,7 @@ def test_buffer_layout_parent_excluded_and_prefix_token_exact(tiny_tokenizer, cf
     reset_step = random.Random(7).randint(1, 4)  # WRONG has 4 steps
     rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(7), rrpo.random_resets)
 
-    group1 = [r for r in rollouts if r.group == 0]
+    group1 = [r for r in rollouts if r.group == rrpo.fresh_group(0)]
     group2 = [r for r in rollouts if r.group == 1]
     assert len(group1) == 4 and len(group2) == 4
     parent_ids = tiny_tokenizer(WRONG, add_special_tokens=False).input_ids + [tiny_tokenizer.eos_token_id]
@@ -116,12 +125,17 @@ def test_advantages_are_normalised_within_each_group(tiny_tokenizer, cfg):
                                                                            -(3 ** -0.5)])
 
 
-def test_no_failure_falls_back_to_grpo(tiny_tokenizer, cfg):
-    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([RIGHT] * 12, []))
+def test_no_failure_keeps_half_the_fresh_solutions_and_samples_half_anew(tiny_tokenizer, cfg):
+    right = [RIGHT.replace("Check", f"Check {j}") for j in range(12)]  # right, and told apart
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(right + [WRONG, RIGHT, RIGHT, RIGHT], []))
     rollouts, diagnostics = rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(0))
     assert len(rollouts) == 8 and {r.group for r in rollouts} == {0}
     assert diagnostics["reset_frac"] == [0.0] and diagnostics["fresh_attempts_mean"] == [12]
-    assert [c["n"] for c in policy.calls] == [5, 7]  # a second round only for the unfailed prompt
+    assert [c["n"] for c in policy.calls] == [5, 7, 4]  # a second round only for the unfailed prompt
+    assert [policy.text(r.response_ids) for r in rollouts] == right[:4] + [WRONG, RIGHT, RIGHT, RIGHT]
+    # so the group can hold a failure and train
+    advantages = grpo.group_advantages(torch.tensor([r.reward for r in rollouts]), torch.tensor([0] * 8))
+    assert advantages.abs().sum() > 0
 
 
 def test_failure_in_second_round_becomes_parent(tiny_tokenizer, cfg):
@@ -238,8 +252,8 @@ def test_srpo_one_step_smollm2_gsm8k(smollm2_gguf, shared_data, tmp_path):
     out = tmp_path / "run"
     cfg = grpo.parse_config(srpo.SRPOConfig, argv=[
         "--model", str(smollm2_gguf), "--dataset", str(data), "--out", str(out), "--steps", "1",
-        "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "40",
-        "--loc-max-new-tokens", "16", "--eval-size", "1", "--eval-every", "0", "--save-every", "100"])
+        "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "24",
+        "--max-thought-tokens", "12", "--loc-max-new-tokens", "16", "--eval-size", "1", "--eval-every", "0", "--save-every", "100"])
     grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, srpo.self_resets))
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
     assert line["samples_seen"] == 2 * 4 and line["reset_frac"] is not None
@@ -286,11 +300,52 @@ def test_oracle_noise_one_is_a_random_reset(tiny_tokenizer):
     assert rrpo.oracle_resets(exact, [example], [steps], random.Random(5), {}) == [2]
 
 
-def test_an_empty_parent_resets_at_step_one(tiny_tokenizer, cfg):
-    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(["", RIGHT, RIGHT, RIGHT, RIGHT], [RIGHT] * 4))
+def test_an_empty_response_is_a_wrong_fresh_solution_not_a_parent(tiny_tokenizer, cfg):
+    fresh = ["", RIGHT, RIGHT, RIGHT, RIGHT] + [RIGHT] * 7 + [RIGHT] * 4
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(fresh, [RIGHT] * 4))
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(0))
+    assert diagnostics["reset_frac"] == [0.0]
+    assert [r.reward for r in rollouts] == [0.0] + [1.0] * 7 and {r.group for r in rollouts} == {0}
+    assert rollouts[0].n_thoughts == 0
+
+
+def test_a_suffix_shares_its_parents_budgets(tiny_tokenizer):
+    cfg = srpo.SRPOConfig(group_size=8, max_fresh=12, max_new_tokens=200, max_thoughts=6)
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([WRONG] + [RIGHT] * 4, [RIGHT] * 4))
     [example] = make_examples(tiny_tokenizer)
-    for choose in (rrpo.random_resets, srpo.self_resets):
-        policy.script = fresh_then_suffixes(["", RIGHT, RIGHT, RIGHT, RIGHT], [RIGHT] * 4)
-        rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(0), choose)
-        assert diagnostics["reset_step_mean"] == [1]
-        assert all(r.prompt_ids == example["prompt_ids"] for r in rollouts)
+    rollouts, _ = rrpo.reset_rollouts(policy, [example], random.Random(0), lambda *a: [3])
+    [suffix_call] = [c for c in policy.calls if c["kind"] == "suffix"]
+    prefix_len = len(suffix_call["prompts"][0]) - len(example["prompt_ids"])
+    assert prefix_len > 0 and suffix_call["max_new_tokens"] == [200 - prefix_len]
+    assert suffix_call["max_thoughts"] == [6 - 2]  # thoughts 3..6 are left
+    suffixes = [r for r in rollouts if r.kind == "suffix"]
+    assert all(r.prefix_len == prefix_len and r.reset_step == 3 for r in suffixes)
+    assert all(r.n_thoughts == 2 + len(localize.split_steps(RIGHT)) for r in suffixes)
+
+
+def test_rollout_dump_has_every_sequence_of_the_step(tiny_model_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n"
+                            for a in range(6)))
+    out = tmp_path / "run"
+    cfg = grpo.parse_config(srpo.SRPOConfig, argv=[
+        "--model", str(tiny_model_dir), "--dataset", str(data), "--out", str(out), "--steps", "1",
+        "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "24",
+        "--max-thought-tokens", "6", "--max-thoughts", "3", "--loc-max-new-tokens", "6", "--eval-size", "2",
+        "--eval-every", "0", "--temperature", "1.0", "--dump-rollouts"])
+    grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, srpo.self_resets))
+    records = [json.loads(line) for line in (out / "rollouts" / "step-1.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in records]
+    # a random model fails every fresh attempt: each prompt has a parent, a localization, 2 + 2 trained
+    assert sorted(kinds) == sorted(["fresh"] * 4 + ["suffix"] * 4 + ["parent"] * 2 + ["localization"] * 2)
+    for r in records:
+        assert {"step", "prompt_index", "kind", "group", "reward", "advantage", "text", "prefix_text",
+                "reset_step", "n_thoughts", "finish", "new_tokens", "prefix_tokens"} <= r.keys()
+        assert r["finish"] in ("answer", "eos", "max_thoughts", "budget") and r["prompt_index"] in (0, 1)
+        if r["kind"] != "localization":
+            assert r["n_thoughts"] <= 3 and r["prefix_tokens"] + r["new_tokens"] <= 24
+        if r["kind"] in ("parent", "localization"):
+            assert r["group"] is None and r["advantage"] is None
+    suffixes = [r for r in records if r["kind"] == "suffix"]
+    assert all(r["reset_step"] >= 1 and (r["prefix_text"] is None) == (r["reset_step"] == 1) for r in suffixes)
+    assert len({r["group"] for r in records if r["kind"] != "parent" and r["group"] is not None}) == 4

@@ -1,0 +1,214 @@
+r"""Thought-by-thought generation (grpo.ThoughtStopper and grpo.sample): checked against a
+reference that applies the paper's stopping rule after the fact to plain `generate` output,
+decoding each whole thought again at every token."""
+import pytest
+import torch
+from conftest import make_model, make_tokenizer
+
+import grpo
+import localize
+
+DELIMITER = localize.DELIMITER
+
+
+def cut_by_the_rule(tokenizer, ids, budget, max_thought_tokens, max_thoughts, stop_ids):
+    """(kept ids, thought ends, finish) of a generated token list, by PAPER.md section 5b read
+    literally: a thought ends once its text holds the delimiter or has max_thought_tokens tokens;
+    the chain ends after a thought with \boxed{, at eos, after max_thoughts thoughts, or before a
+    thought that could not fit whole in the budget. None if `ids` ends before any of these."""
+    def text(part):
+        return tokenizer.decode(part, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    ends, start = [], 0
+    for t in range(1, len(ids) + 1):
+        thought = text(ids[start:t])
+        if ids[t - 1] in stop_ids:
+            if thought.strip():
+                ends.append(t)
+            elif ends:
+                ends[-1] = t
+            last_start = ends[-2] if len(ends) > 1 else 0
+            return ids[:t], ends, "answer" if ends and "\\boxed{" in text(ids[last_start:t]) else "eos"
+        if DELIMITER in thought or t - start == max_thought_tokens:
+            ends.append(t)
+            if "\\boxed{" in thought:
+                return ids[:t], ends, "answer"
+            if len(ends) == max_thoughts:
+                return ids[:t], ends, "max_thoughts"
+            if t + max_thought_tokens > budget:
+                return ids[:t], ends, "budget"
+            start = t
+    return None
+
+
+def run_stopper(tokenizer, sequences, budget, max_thought_tokens, max_thoughts, stop_ids, prompt_width=3):
+    """Feed token lists to a ThoughtStopper one token at a time, as `generate` does."""
+    width = max(map(len, sequences))
+    pad = tokenizer.pad_token_id
+    rows = torch.tensor([[pad] * prompt_width + s + [pad] * (width - len(s)) for s in sequences])  # (batch, seq)
+    stopper = grpo.ThoughtStopper(tokenizer, prompt_width, [budget] * len(sequences),
+                                  [max_thoughts] * len(sequences), max_thought_tokens, stop_ids)
+    for t in range(1, width + 1):
+        done = stopper(rows[:, :prompt_width + t], None)
+        if done.all():
+            break
+    return [(s[:stopper.length[i]], stopper.thought_ends[i], stopper.finish[i]) for i, s in enumerate(sequences)]
+
+
+TEXTS = [
+    "Add: 2 + 3 = 5.</thought> Then 5 * 2 = 10.</thought> So \\boxed{10}.</thought> extra talk</thought>",
+    "One</thought>.Two</thought>\n\nThree is long and goes on and on and on and on and on and on</thought>",
+    "No delimiter here at all, just a long paragraph that runs past the cap of a thought.",
+    "x</thought>\\boxed{4} and more</thought>",
+    "</thought></thought></thought></thought></thought></thought>",
+    "",
+]
+
+
+@pytest.mark.parametrize("max_thought_tokens,max_thoughts,budget", [(64, 20, 200), (8, 20, 200), (8, 3, 200),
+                                                                     (6, 20, 20)])
+def test_stopper_follows_the_rule_token_by_token(tiny_tokenizer, max_thought_tokens, max_thoughts, budget):
+    eos = tiny_tokenizer.eos_token_id
+    sequences = [tiny_tokenizer(text, add_special_tokens=False).input_ids + [eos] for text in TEXTS]
+    got = run_stopper(tiny_tokenizer, sequences, budget, max_thought_tokens, max_thoughts, {eos})
+    for ids, result in zip(sequences, got):
+        assert result == cut_by_the_rule(tiny_tokenizer, ids, budget, max_thought_tokens, max_thoughts, {eos})
+    assert {finish for _, _, finish in got} >= ({"answer", "eos"} if budget > 20 else {"budget"})
+
+
+def test_stopper_with_a_real_tokenizer_whose_tokens_straddle_the_delimiter(smollm2_tokenizer):
+    tokenizer = smollm2_tokenizer
+    eos = tokenizer.eos_token_id
+    texts = TEXTS + ["Step one</thought>. Step two</thought>.\n\\boxed{3}</thought>.", "é</thought>ü</thought>"]
+    sequences = [tokenizer(text, add_special_tokens=False).input_ids + [eos] for text in texts]
+    # SmolLM2 has one token for ">." : the delimiter is completed inside a token
+    assert any(">." == tokenizer.decode([t]) for ids in sequences for t in ids)
+    for max_thought_tokens, max_thoughts in ((64, 20), (5, 20), (64, 2)):
+        got = run_stopper(tokenizer, sequences, 400, max_thought_tokens, max_thoughts, {eos})
+        for ids, result in zip(sequences, got):
+            assert result == cut_by_the_rule(tokenizer, ids, 400, max_thought_tokens, max_thoughts, {eos})
+
+
+def test_delimiter_ended_thoughts_end_where_step_token_ends_puts_them(tiny_tokenizer, smollm2_tokenizer):
+    for tokenizer in (tiny_tokenizer, smollm2_tokenizer):
+        eos = tokenizer.eos_token_id
+        text = "Add: 2 + 3 = 5.</thought> Then 5 * 2 = 10.</thought>. Next</thought>So \\boxed{10}.</thought>"
+        ids = tokenizer(text, add_special_tokens=False).input_ids + [eos]
+        [(kept, ends, finish)] = run_stopper(tokenizer, [ids], 400, 256, 20, {eos})
+        assert finish == "answer" and kept == ids[:ends[-1]]
+        assert ends == localize.step_token_ends(tokenizer, kept)
+        steps, step_ends = localize.response_steps(tokenizer, kept, ends)
+        text_steps = localize.split_steps(localize.decode(tokenizer, kept))
+        # the same steps, except that a token straddling a boundary (">.") keeps its text whole
+        assert step_ends == ends and "".join(steps) == "".join(text_steps) and len(steps) == len(text_steps)
+        assert all(DELIMITER in step for step in steps)
+
+
+def test_a_thought_longer_than_the_cap_becomes_two_steps(tiny_tokenizer):
+    eos = tiny_tokenizer.eos_token_id
+    first = tiny_tokenizer("Natalia sold clips to 48 of her friends", add_special_tokens=False).input_ids
+    rest = tiny_tokenizer("</thought>So \\boxed{72}</thought>", add_special_tokens=False).input_ids
+    cap = len(first) - 2
+    [(kept, ends, finish)] = run_stopper(tiny_tokenizer, [first + rest + [eos]], 400, cap, 20, {eos})
+    steps, step_ends = localize.response_steps(tiny_tokenizer, kept, ends)
+    text_steps = localize.split_steps(localize.decode(tiny_tokenizer, kept))
+    assert len(text_steps) == 2 and len(steps) == 3  # the first thought was cut at the cap
+    assert step_ends[0] == cap and "".join(steps) == "".join(text_steps)
+    assert steps[0] + steps[1] == text_steps[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside `generate`: a tiny model that says the delimiter and \boxed{ often enough
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def thought_tokenizer():
+    tokenizer = make_tokenizer()
+    tokenizer.add_tokens([DELIMITER, "\\boxed{"])
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def thought_model(thought_tokenizer):
+    """A random model whose greedy text varies, with a bias towards the delimiter and \\boxed{
+    so that chains end in every way: answer, eos, max_thoughts and budget."""
+    model = make_model(thought_tokenizer, seed=3, initializer_range=1.0)
+    head = torch.nn.Linear(model.config.hidden_size, len(thought_tokenizer), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[thought_tokenizer.convert_tokens_to_ids(DELIMITER)] = 6.0
+        head.bias[thought_tokenizer.convert_tokens_to_ids("\\boxed{")] = 3.0
+        head.bias[thought_tokenizer.eos_token_id] = 3.0
+    model.lm_head = head
+    return model.eval()
+
+
+PROMPTS = ["Start at 7.</thought> Add 5", "Natalia", "Solve the problem one step", "Multiply by 3:",
+           "Find the step where", "The answer is", "12 * 3 = 36.", "clips in May"]
+
+
+@pytest.mark.parametrize("max_thought_tokens,max_thoughts,budget", [(12, 20, 80), (6, 3, 60), (10, 20, 24)])
+def test_generation_with_stopping_equals_plain_generate_cut_by_the_rule(
+        thought_model, thought_tokenizer, max_thought_tokens, max_thoughts, budget):
+    tokenizer = thought_tokenizer
+    prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
+    chains = grpo.sample(thought_model, tokenizer, prompts, 2, budget, greedy=True,
+                         max_thought_tokens=max_thought_tokens, max_thoughts=max_thoughts)
+    ids, mask = grpo.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    plain = thought_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    finishes = set()
+    for group, tokens in zip(chains, plain[:, ids.shape[1]:].tolist()):
+        expected = cut_by_the_rule(tokenizer, tokens, budget, max_thought_tokens, max_thoughts,
+                                   {tokenizer.eos_token_id})
+        for chain in group:
+            assert (chain.ids, chain.thought_ends, chain.finish) == expected
+            assert len(chain.ids) <= budget and len(chain.thought_ends) <= max_thoughts
+            finishes.add(chain.finish)
+    assert len(finishes) >= 2  # the case is not trivial
+
+
+def test_generation_with_stopping_on_smollm2(smollm2_model, smollm2_tokenizer):
+    model = smollm2_model
+    tokenizer = smollm2_tokenizer
+    tokenizer.padding_side = "left"
+    texts = [grpo.format_prompt(tokenizer, "What is 12 times 3?"),
+             grpo.format_prompt(tokenizer, "Natalia sold clips to 48 of her friends in April, and then she sold "
+                                           "half as many clips in May. How many clips in total?")]
+    prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    budget, max_thought_tokens = 40, 12
+    chains = grpo.sample(model, tokenizer, prompts, 1, budget, greedy=True, max_thought_tokens=max_thought_tokens,
+                         max_thoughts=3)
+    ids, mask = grpo.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    plain = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    stop = grpo.eos_ids(model, tokenizer)
+    for (chain,), tokens in zip(chains, plain[:, ids.shape[1]:].tolist()):
+        assert (chain.ids, chain.thought_ends, chain.finish) == cut_by_the_rule(
+            tokenizer, tokens, budget, max_thought_tokens, 3, stop)
+
+
+def test_per_prompt_budgets_and_thought_limits(thought_model, thought_tokenizer):
+    prompts = [thought_tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS[:3]]
+    budgets, thoughts = [40, 5, 30], [2, 4, 0]  # the second cannot fit a thought, the third has none left
+    chains = grpo.sample(thought_model, thought_tokenizer, prompts, 2, budgets, temperature=1.0,
+                         max_thought_tokens=8, max_thoughts=thoughts)
+    assert all(len(c.ids) <= 40 and len(c.thought_ends) <= 2 for c in chains[0])
+    assert [(c.ids, c.finish) for c in chains[1]] == [([], "budget")] * 2
+    assert [(c.ids, c.finish) for c in chains[2]] == [([], "max_thoughts")] * 2
+
+
+def test_free_text_sampling_ends_at_eos_or_the_cap(thought_model, thought_tokenizer):
+    """Without thought limits (a localization reply) a response is one piece of free text."""
+    prompts = [thought_tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
+    chains = grpo.sample(thought_model, thought_tokenizer, prompts, 1, 30, greedy=True)
+    eos = thought_tokenizer.eos_token_id
+    for (chain,) in chains:
+        assert chain.thought_ends == [len(chain.ids)]
+        if chain.finish == "eos":
+            assert chain.ids[-1] == eos and eos not in chain.ids[:-1]
+        else:
+            assert chain.finish == "budget" and len(chain.ids) == 30 and eos not in chain.ids
