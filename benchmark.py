@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+import data
 import grpo
 import rrpo
+import run
 import srpo
 
 METHODS = {
@@ -29,20 +31,20 @@ METHODS = {
 
 @dataclass
 class BenchConfig(srpo.SRPOConfig):
-    repeats: int = 3  # steps measured per method; the table shows medians
+    repeats: int = grpo.option(3, "steps measured per method; the table shows medians")
 
 
 def measure(cfg: BenchConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = grpo.load_model(cfg, device)
+    model, tokenizer = run.load_model(cfg, device)
     start_weights = copy.deepcopy(model.state_dict())
-    examples, _ = grpo.tokenize_prompts(grpo.load_examples(cfg.dataset, True, cfg), tokenizer, cfg.max_new_tokens,
+    examples, _ = data.tokenize_prompts(run.load_examples(cfg.dataset, True, cfg), tokenizer, cfg.max_new_tokens,
                                         getattr(model.config, "max_position_embeddings", 10**9))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     policy = grpo.Policy(model, tokenizer, cfg)
     results = {name: {"rollout_s": [], "train_s": [], "tokens": []} for name in METHODS}
     for repeat in range(cfg.repeats):
-        batch = grpo.step_examples(examples, repeat + 1, cfg, 0, 1)
+        batch = run.step_examples(examples, repeat + 1, cfg, 0, 1)
         names = list(METHODS)[repeat % 3:] + list(METHODS)[:repeat % 3]
         for name in names:
             model.load_state_dict(start_weights)
@@ -55,7 +57,9 @@ def measure(cfg: BenchConfig) -> dict:
             rollouts, _ = METHODS[name](policy, batch, random.Random(repeat))
             middle = time.perf_counter()
             model.train()
-            grpo.train_on_rollouts(model, None, optimizer, rollouts, cfg, tokenizer.pad_token_id, device)
+            advantages = grpo.group_advantages(torch.tensor([r.reward for r in rollouts]),
+                                               torch.tensor([r.group for r in rollouts]))
+            grpo.train_on_rollouts(model, None, optimizer, rollouts, advantages, cfg, tokenizer.pad_token_id, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             results[name]["rollout_s"].append(middle - begin)
@@ -65,7 +69,7 @@ def measure(cfg: BenchConfig) -> dict:
 
 
 if __name__ == "__main__":
-    cfg = grpo.parse_config(BenchConfig)
+    cfg = run.parse_config(BenchConfig)
     table = measure(cfg)
     base = table["grpo"]["rollout_s"] + table["grpo"]["train_s"]
     print(f"\none step, {cfg.prompts_per_step} prompts x {cfg.group_size} scored rollouts, median of {cfg.repeats}:\n")

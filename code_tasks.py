@@ -1,11 +1,11 @@
 """Programming problems: the code prompt, a small built-in problem set, and a LiveCodeBench loader.
 
-An example is {"question": str, "tests": list[dict]}, with tests in the format of
-`sandbox.run_tests`: {"input": stdin, "output": expected stdout}, or LiveCodeBench's "functional"
-style {"fn_name": name, "input": one JSON argument per line, "output": JSON of the return value}.
-The training scripts format a question as
-`grpo.format_prompt(tokenizer, question, instruction=CODE_INSTRUCTION)` and score completions with
-`verify.code_rewards`.
+An example is {"question": str, "tests": list[dict], "instruction": CODE_INSTRUCTION}, with tests
+in the format of `sandbox.run_tests`: {"input": stdin, "output": expected stdout}, or
+LiveCodeBench's "functional" style {"fn_name": name, "input": one JSON argument per line,
+"output": JSON of the return value}. The training scripts format a question as
+`data.format_prompt(tokenizer, question, instruction=example["instruction"])` and score
+completions with `verify.code_rewards`.
 
 How fast checking runs on this machine (programs checked per second):
 
@@ -369,7 +369,8 @@ def builtin_examples() -> list[dict]:
         else:
             tests = [{"input": stdin, "output": stdout} for stdin, stdout in problem["tests"]]
         example = {"question": code_question(problem["statement"], problem.get("starter_code", "")),
-                   "tests": tests, "solution": textwrap.dedent(problem["solution"]).strip()}
+                   "tests": tests, "instruction": CODE_INSTRUCTION,
+                   "solution": textwrap.dedent(problem["solution"]).strip()}
         if "wrong_solution" in problem:
             example["wrong_solution"] = textwrap.dedent(problem["wrong_solution"]).strip()
         examples.append(example)
@@ -436,7 +437,7 @@ def lcb_examples(rows) -> list[dict]:
                 test["fn_name"] = fn_name
             tests.append(test)
         question = code_question(row["question_content"], row["starter_code"])
-        examples.append({"question": question, "tests": tests})
+        examples.append({"question": question, "tests": tests, "instruction": CODE_INSTRUCTION})
     return examples
 
 

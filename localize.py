@@ -20,6 +20,8 @@ The reset prefix is then steps 1..k-1 (step k itself is resampled):
 import random
 import re
 
+import verify
+
 DELIMITER = "</thought>"
 BLANK_LINE = r"\n(?:[ \t]*\n)+"  # one or more empty lines end a paragraph
 
@@ -183,24 +185,6 @@ LATEX_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{|[{}$]")
 STEP_MENTION = re.compile(r"\bstep\s*(\d+)", re.IGNORECASE)
 
 
-def _boxed_contents(text):
-    r"""The contents of every brace-balanced `\boxed{...}` in `text`, in order; unclosed ones
-    (a reply cut off by the token limit) are skipped.
-
-    >>> _boxed_contents(r"\boxed{\frac{1}{2}} and \boxed{3} and \boxed{4")
-    ['\\frac{1}{2}', '3']
-    """
-    contents = []
-    for match in re.finditer(r"\\boxed\s*\{", text):
-        depth = 1
-        for position in range(match.end(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[position], 0)
-            if depth == 0:
-                contents.append(text[match.end():position])
-                break
-    return contents
-
-
 def parse_error_step_or_none(text, n_steps):
     r"""The step number a localization reply names, or None when it names none in 1..n_steps.
 
@@ -217,7 +201,7 @@ def parse_error_step_or_none(text, n_steps):
     if n_steps < 1:
         raise ValueError(f"a solution has at least one step, got n_steps={n_steps}")
     text = text or ""
-    for content in reversed(_boxed_contents(text)):
+    for content in verify.boxed_contents(text):
         number = BOXED_STEP.fullmatch(LATEX_WRAPPER.sub(" ", content))
         if number and 1 <= int(number.group(1)) <= n_steps:
             return int(number.group(1))

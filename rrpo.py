@@ -37,14 +37,18 @@ from dataclasses import dataclass
 
 import grpo
 import localize
+import run
 
 
 @dataclass
 class ResetConfig(grpo.Config):
-    reset: str = "random"  # how the reset step is chosen: random (RRPO), self (SRPO), oracle (true first error)
-    max_fresh: int = 12  # fresh attempts per prompt to find a wrong solution before falling back to GRPO
-    oracle_noise: float = 0.0  # with --reset oracle: chance of a uniformly random step instead, to blur the oracle
-    out: str = "runs/rrpo"  # output folder: metrics.jsonl and checkpoint-{step}/
+    reset: str = grpo.option("random", "how the reset step is chosen: random (RRPO), self (SRPO), oracle "
+                                       "(true first error)")
+    max_fresh: int = grpo.option(12, "fresh attempts per prompt to find a wrong solution before falling "
+                                     "back to GRPO")
+    oracle_noise: float = grpo.option(0.0, "with --reset oracle: chance of a uniformly random step instead, "
+                                           "to blur the oracle")
+    out: str = grpo.option("runs/rrpo", "output folder: metrics.jsonl and checkpoint-{step}/")
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,8 +125,8 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
         return rollouts, diagnostics
 
     reset_examples = [{**examples[i], "prompt_index": i} for i in parents]
-    parent_steps, parent_ends = zip(*(localize.response_steps(policy.tokenizer, parent.response_ids, parent.thought_ends,
-                                                              max_steps=cfg.max_thoughts) for parent in parents.values()))
+    parent_steps, parent_ends = zip(*(localize.response_steps(policy.tokenizer, p.response_ids, p.thought_ends,
+                                                              max_steps=cfg.max_thoughts) for p in parents.values()))
     reset_steps = choose_resets(policy, reset_examples, parent_steps, rng, diagnostics)
     # The suffix continues the parent's chain: steps 1..k-1 (its exact ids) are context, and
     # prefix + suffix share one budget of tokens and of thoughts.
@@ -180,6 +184,6 @@ def resets_by_name(name: str):
 
 
 if __name__ == "__main__":
-    cfg = grpo.parse_config(ResetConfig)
+    cfg = run.parse_config(ResetConfig)
     choose = resets_by_name(cfg.reset)
     grpo.train(cfg, lambda policy, examples, rng: reset_rollouts(policy, examples, rng, choose))

@@ -27,17 +27,21 @@ temperature 0.3 of up to --loc-max-new-tokens (4,096 for a pretrained model) of 
 """
 from dataclasses import dataclass
 
+import data
 import grpo
 import localize
+import run
 import rrpo
 
 
 @dataclass
 class SRPOConfig(rrpo.ResetConfig):
-    reset: str = "self"  # how the reset step is chosen: self (SRPO), random (RRPO), oracle (true first error)
-    loc_temperature: float = 0.3  # sampling temperature of the localization pass
-    loc_max_new_tokens: int | None = None  # length cap of the localization reply; default 1024 for the toy model, else 4096 (the paper)
-    out: str = "runs/srpo"  # output folder: metrics.jsonl and checkpoint-{step}/
+    reset: str = grpo.option("self", "how the reset step is chosen: self (SRPO), random (RRPO), oracle "
+                                     "(true first error)")
+    loc_temperature: float = grpo.option(0.3, "sampling temperature of the localization pass")
+    loc_max_new_tokens: int | None = grpo.option(None, "length cap of the localization reply; default 1024 "
+                                                       "for the toy model, else 4096 (the paper)")
+    out: str = grpo.option("runs/srpo", "output folder: metrics.jsonl and checkpoint-{step}/")
 
     def __post_init__(self):
         super().__post_init__()
@@ -47,7 +51,7 @@ class SRPOConfig(rrpo.ResetConfig):
 def self_resets(policy, examples, parent_steps, rng, diagnostics):
     """Ask the policy, in one batched call, where each failed solution went wrong."""
     cfg, tokenizer = policy.cfg, policy.tokenizer
-    prompts = [tokenizer(grpo.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps)),
+    prompts = [tokenizer(data.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps)),
                          add_special_tokens=False).input_ids for ex, steps in zip(examples, parent_steps)]
     # A localization reply is free text, not a chain of thoughts: it ends at eos or at its cap.
     replies = policy.sample(prompts, 1, max_new_tokens=cfg.loc_max_new_tokens, temperature=cfg.loc_temperature,
@@ -63,6 +67,6 @@ def self_resets(policy, examples, parent_steps, rng, diagnostics):
 
 
 if __name__ == "__main__":
-    cfg = grpo.parse_config(SRPOConfig)
+    cfg = run.parse_config(SRPOConfig)
     choose = self_resets if cfg.reset == "self" else rrpo.resets_by_name(cfg.reset)
     grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, choose))

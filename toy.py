@@ -35,7 +35,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-import grpo
+import data
 import localize
 import verify
 from localize import DELIMITER
@@ -248,11 +248,11 @@ def warm_start_pair(rng, tokenizer, localize_fraction):
         wrong_step = rng.randint(1, len(example["ops"]))
         steps = inject_error(example, wrong_step, rng)
         prompt = localize.localization_prompt(example["question"], steps)
-        return grpo.format_chat(tokenizer, prompt), localization_reply(steps, wrong_step)
-    return grpo.format_prompt(tokenizer, example["question"]), solve(example)
+        return data.format_chat(tokenizer, prompt), localization_reply(steps, wrong_step)
+    return data.format_prompt(tokenizer, example["question"]), solve(example)
 
 
-# The baby tokenizer has no chat template; that is all grpo.format_chat asks of a tokenizer, so
+# The baby tokenizer has no chat template; that is all data.format_chat asks of a tokenizer, so
 # this stands in for it while the tokenizer is being trained on the texts the model will read.
 NO_CHAT_TEMPLATE = SimpleNamespace(chat_template=None)
 
@@ -349,7 +349,7 @@ def warm_start(settings):
 
 def cache_key(settings):
     """A hash of the settings and of sample texts the model learns from, so that a change of a
-    prompt (here, in grpo.py or in localize.py) makes a new warm start instead of a stale load."""
+    prompt (here, in data.py or in localize.py) makes a new warm start instead of a stale load."""
     rng = random.Random(0)
     samples = [warm_start_pair(rng, NO_CHAT_TEMPLATE, localize_fraction=0.5) for _ in range(8)]
     text = json.dumps([dataclasses.asdict(settings), samples])
@@ -397,14 +397,14 @@ def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0):
 
 def answer_accuracy(model, tokenizer, examples):
     """Greedy pass@1: the share of `examples` whose final answer is right."""
-    completions = generate(model, tokenizer, [grpo.format_prompt(tokenizer, ex["question"]) for ex in examples], 100)
+    completions = generate(model, tokenizer, [data.format_prompt(tokenizer, ex["question"]) for ex in examples], 100)
     return sum(verify.math_reward(text, ex["answer"]) for text, ex in zip(completions, examples)) / len(examples)
 
 
 def localization_accuracy(model, tokenizer, examples, solutions):
     """How often the model's greedy localization of each wrong solution (a list of steps) names
     the step that `first_wrong_step` names, and how often a uniformly random step would."""
-    prompts = [grpo.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps))
+    prompts = [data.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps))
                for ex, steps in zip(examples, solutions)]
     replies = generate(model, tokenizer, prompts, 100)
     hits, chance = 0, 0.0
@@ -427,7 +427,7 @@ def evaluate(model, tokenizer, n=200, seed=10**6):
     torch.manual_seed(seed)  # the same sampled failures at every run
     examples = make_examples(n, seed)
     injected = [inject_error(ex, rng.randint(1, DEFAULT_N_OPS), rng) for ex in examples]
-    samples = generate(model, tokenizer, [grpo.format_prompt(tokenizer, ex["question"]) for ex in examples],
+    samples = generate(model, tokenizer, [data.format_prompt(tokenizer, ex["question"]) for ex in examples],
                        100, temperature=0.7)
     failed = [(ex, localize.split_steps(text)) for ex, text in zip(examples, samples)
               if not verify.math_reward(text, ex["answer"]) and text]  # "" has no step to blame

@@ -66,6 +66,30 @@ def _braced(text: str, start: int, stop: int | None = None) -> tuple[str, int] |
     return None
 
 
+def boxed_contents(text: str):
+    r"""The contents of the closed `\boxed{...}` (or `\fbox`, `\framebox`) of `text`, last first;
+    `\boxed 5` gives its next token, as LaTeX does.
+
+    >>> list(boxed_contents(r"\boxed{\frac{1}{2}} and \boxed{3} and \boxed{4"))
+    ['3', '\\frac{1}{2}']
+    """
+    stop = len(text)
+    for box in reversed(list(_BOX.finditer(text))):
+        start = _SPACES.match(text, box.end()).end()
+        if text.startswith("{", start):
+            group = _braced(text, start, stop)
+            if group is not None:
+                yield group[0]
+                continue
+        elif token := re.match(r"[^\s$]+", text[start : start + 100]):
+            yield token[0]
+            continue
+        # A box that does not close (a completion cut off by the length limit) is skipped. An
+        # earlier box then closes before this one starts or not at all, so the scan stops here,
+        # which keeps the search linear in the length of the text.
+        stop = box.start()
+
+
 def extract_answer(text: str | None) -> str | None:
     r"""The final answer of a completion: the last `\boxed{}`, else `#### X`, else "answer is X".
 
@@ -78,19 +102,9 @@ def extract_answer(text: str | None) -> str | None:
     """
     if not text:
         return None
-    stop = len(text)
-    for box in reversed(list(_BOX.finditer(text))):
-        start = _SPACES.match(text, box.end()).end()
-        if text.startswith("{", start):
-            group = _braced(text, start, stop)
-            if group is not None:
-                return group[0].strip() or None
-        elif token := re.match(r"[^\s$]+", text[start : start + 100]):
-            return token[0]  # `\boxed 5`: LaTeX takes the next token as the argument
-        # A box that does not close (a completion cut off by the length limit) is skipped. An
-        # earlier box then closes before this one starts or not at all, so the scan stops here,
-        # which keeps the loop linear in the length of the text.
-        stop = box.start()
+    boxed = next(boxed_contents(text), None)
+    if boxed is not None:
+        return boxed.strip() or None
     if hashes := re.findall(r"####[ \t]*(\S[^\n]*)", text):
         return hashes[-1].strip()
     if said := re.findall(r"answer is:?[ \t]*(\S[^\n]*)", text, flags=re.IGNORECASE):

@@ -341,12 +341,13 @@ def test_builtin_reference_solutions_pass_and_wrong_solutions_fail():
 
 
 def test_code_prompt_asks_for_thoughts_then_a_program(tiny_tokenizer):
-    from grpo import format_prompt
+    import data
 
-    example = code_tasks.builtin_examples()[-1]
-    prompt = format_prompt(tiny_tokenizer, example["question"], instruction=code_tasks.CODE_INSTRUCTION)
+    [example], _ = data.tokenize_prompts(code_tasks.builtin_examples()[-1:], tiny_tokenizer, 16, 10**6)
+    prompt = tiny_tokenizer.decode(example["prompt_ids"])
     assert "</thought>" in code_tasks.CODE_INSTRUCTION and "```python" in code_tasks.CODE_INSTRUCTION
     assert code_tasks.CODE_INSTRUCTION in prompt and "def rotate(matrix" in prompt
+    assert data.THOUGHT_INSTRUCTION not in prompt
 
 
 def test_checking_throughput_runs():

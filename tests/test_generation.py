@@ -1,11 +1,12 @@
-r"""Thought-by-thought generation (grpo.ThoughtStopper and grpo.sample): checked against a
+r"""Thought-by-thought generation (generation.ThoughtStopper and generation.sample): checked against a
 reference that applies the paper's stopping rule after the fact to plain `generate` output,
 decoding each whole thought again at every token."""
 import pytest
 import torch
 from conftest import make_model, make_tokenizer
 
-import grpo
+import data
+import generation
 import localize
 
 DELIMITER = localize.DELIMITER
@@ -46,8 +47,8 @@ def run_stopper(tokenizer, sequences, budget, max_thought_tokens, max_thoughts, 
     width = max(map(len, sequences))
     pad = tokenizer.pad_token_id
     rows = torch.tensor([[pad] * prompt_width + s + [pad] * (width - len(s)) for s in sequences])  # (batch, seq)
-    stopper = grpo.ThoughtStopper(tokenizer, prompt_width, [budget] * len(sequences),
-                                  [max_thoughts] * len(sequences), max_thought_tokens, stop_ids)
+    stopper = generation.ThoughtStopper(tokenizer, [budget] * len(sequences), [max_thoughts] * len(sequences),
+                                        max_thought_tokens, stop_ids)
     for t in range(1, width + 1):
         done = stopper(rows[:, :prompt_width + t], None)
         if done.all():
@@ -155,9 +156,9 @@ def test_generation_with_stopping_equals_plain_generate_cut_by_the_rule(
         thought_model, thought_tokenizer, max_thought_tokens, max_thoughts, budget):
     tokenizer = thought_tokenizer
     prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
-    chains = grpo.sample(thought_model, tokenizer, prompts, 2, budget, greedy=True,
+    chains = generation.sample(thought_model, tokenizer, prompts, 2, budget, greedy=True,
                          max_thought_tokens=max_thought_tokens, max_thoughts=max_thoughts)
-    ids, mask = grpo.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, "cpu")
     plain = thought_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     finishes = set()
@@ -175,17 +176,17 @@ def test_generation_with_stopping_on_smollm2(smollm2_model, smollm2_tokenizer):
     model = smollm2_model
     tokenizer = smollm2_tokenizer
     tokenizer.padding_side = "left"
-    texts = [grpo.format_prompt(tokenizer, "What is 12 times 3?"),
-             grpo.format_prompt(tokenizer, "Natalia sold clips to 48 of her friends in April, and then she sold "
+    texts = [data.format_prompt(tokenizer, "What is 12 times 3?"),
+             data.format_prompt(tokenizer, "Natalia sold clips to 48 of her friends in April, and then she sold "
                                            "half as many clips in May. How many clips in total?")]
     prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     budget, max_thought_tokens = 40, 12
-    chains = grpo.sample(model, tokenizer, prompts, 1, budget, greedy=True, max_thought_tokens=max_thought_tokens,
+    chains = generation.sample(model, tokenizer, prompts, 1, budget, greedy=True, max_thought_tokens=max_thought_tokens,
                          max_thoughts=3)
-    ids, mask = grpo.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, "cpu")
     plain = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    stop = grpo.eos_ids(model, tokenizer)
+    stop = generation.eos_ids(model, tokenizer)
     for (chain,), tokens in zip(chains, plain[:, ids.shape[1]:].tolist()):
         assert (chain.ids, chain.thought_ends, chain.finish) == cut_by_the_rule(
             tokenizer, tokens, budget, max_thought_tokens, 3, stop)
@@ -194,7 +195,7 @@ def test_generation_with_stopping_on_smollm2(smollm2_model, smollm2_tokenizer):
 def test_per_prompt_budgets_and_thought_limits(thought_model, thought_tokenizer):
     prompts = [thought_tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS[:3]]
     budgets, thoughts = [40, 5, 30], [2, 4, 0]  # the second cannot fit a thought, the third has none left
-    chains = grpo.sample(thought_model, thought_tokenizer, prompts, 2, budgets, temperature=1.0,
+    chains = generation.sample(thought_model, thought_tokenizer, prompts, 2, budgets, temperature=1.0,
                          max_thought_tokens=8, max_thoughts=thoughts)
     assert all(len(c.ids) <= 40 and len(c.thought_ends) <= 2 for c in chains[0])
     assert [(c.ids, c.finish) for c in chains[1]] == [([], "budget")] * 2
@@ -204,7 +205,7 @@ def test_per_prompt_budgets_and_thought_limits(thought_model, thought_tokenizer)
 def test_free_text_sampling_ends_at_eos_or_the_cap(thought_model, thought_tokenizer):
     """Without thought limits (a localization reply) a response is one piece of free text."""
     prompts = [thought_tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
-    chains = grpo.sample(thought_model, thought_tokenizer, prompts, 1, 30, greedy=True)
+    chains = generation.sample(thought_model, thought_tokenizer, prompts, 1, 30, greedy=True)
     eos = thought_tokenizer.eos_token_id
     for (chain,) in chains:
         assert chain.thought_ends == [len(chain.ids)]

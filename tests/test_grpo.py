@@ -11,14 +11,17 @@ import pytest
 import torch
 from conftest import make_model
 
+import data
+import generation
 import grpo
+import run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_greedy(model, tokenizer, prompts, max_new_tokens):
     """Reference: one left-padded `generate` call, no cache tricks, cut at the first eos."""
-    ids, mask = grpo.left_pad(prompts, tokenizer.pad_token_id, model.device)
+    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, model.device)
     out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     responses = []
@@ -31,7 +34,7 @@ def plain_greedy(model, tokenizer, prompts, max_new_tokens):
 def check_cached_equals_plain(model, tokenizer, texts, max_new_tokens=24):
     tokenizer.padding_side = "left"
     prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    cached = grpo.sample(model, tokenizer, prompts, n=3, max_new_tokens=max_new_tokens, greedy=True)
+    cached = generation.sample(model, tokenizer, prompts, n=3, max_new_tokens=max_new_tokens, greedy=True)
     reference = plain_greedy(model, tokenizer, prompts, max_new_tokens)
     for group, expected in zip(cached, reference):
         assert len(expected) > 0
@@ -55,8 +58,8 @@ def test_cached_sampling_equals_plain_generate_left_padded_batch(chaotic_model, 
 
 def test_cached_sampling_equals_plain_generate_smollm2(smollm2_model, smollm2_tokenizer):
     model = smollm2_model
-    texts = [grpo.format_prompt(smollm2_tokenizer, "What is 12 times 3?"),
-             grpo.format_prompt(smollm2_tokenizer, "Natalia sold clips to 48 of her friends in April, "
+    texts = [data.format_prompt(smollm2_tokenizer, "What is 12 times 3?"),
+             data.format_prompt(smollm2_tokenizer, "Natalia sold clips to 48 of her friends in April, "
                                 "and then she sold half as many clips in May. How many clips in total?")]
     check_cached_equals_plain(model, smollm2_tokenizer, texts, max_new_tokens=16)
 
@@ -64,7 +67,7 @@ def test_cached_sampling_equals_plain_generate_smollm2(smollm2_model, smollm2_to
 def test_sampling_keeps_eos_and_marks_truncation(chaotic_model, tiny_tokenizer):
     tiny_tokenizer.padding_side = "left"
     prompt = tiny_tokenizer("Natalia").input_ids
-    responses = grpo.sample(chaotic_model, tiny_tokenizer, [prompt], n=4, max_new_tokens=6, temperature=1.0)
+    responses = generation.sample(chaotic_model, tiny_tokenizer, [prompt], n=4, max_new_tokens=6, temperature=1.0)
     assert len(responses) == 1 and len(responses[0]) == 4
     for chain in responses[0]:
         response = chain.ids
@@ -144,22 +147,22 @@ def test_policy_loss_ppo_clip_and_k3_kl_by_hand():
 
 
 def test_short_model_names_resolve_and_unknown_fails_clearly():
-    assert grpo.resolve_model_name("Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"
-    assert grpo.resolve_model_name("SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert grpo.resolve_model_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert run.resolve_model_name("Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"
+    assert run.resolve_model_name("SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert run.resolve_model_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
     with pytest.raises(SystemExit, match="full hub id"):
-        grpo.resolve_model_name("MyModel-7B")
+        run.resolve_model_name("MyModel-7B")
 
 
 def test_local_dataset_fields_detected_or_listed(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
-    examples = grpo.load_examples(str(path), True, grpo.Config())
+    examples = run.load_examples(str(path), True, grpo.Config())
     assert examples == [{"question": "1+1?", "answer": "2"}]
     path.write_text(json.dumps({"text": "1+1?", "label": "2"}) + "\n")
     with pytest.raises(SystemExit, match=r"\['text', 'label'\].*--question-field"):
-        grpo.load_examples(str(path), True, grpo.Config())
-    examples = grpo.load_examples(str(path), True, grpo.Config(question_field="text", answer_field="label"))
+        run.load_examples(str(path), True, grpo.Config())
+    examples = run.load_examples(str(path), True, grpo.Config(question_field="text", answer_field="label"))
     assert examples == [{"question": "1+1?", "answer": "2"}]
 
 
@@ -180,6 +183,13 @@ def tiny_run_args(model_dir, data, out, *extra):
             "--lr", "1e-3", "--temperature", "1.0", *extra]
 
 
+def update(model, optimizer, rollouts, cfg):
+    """grpo.train_on_rollouts with the advantages of the rollouts' groups."""
+    advantages = grpo.group_advantages(torch.tensor([r.reward for r in rollouts]),
+                                       torch.tensor([r.group for r in rollouts]))
+    return grpo.train_on_rollouts(model, None, optimizer, rollouts, advantages, cfg, 0, torch.device("cpu"))
+
+
 def state_dict_of(folder):
     from transformers import AutoModelForCausalLM
 
@@ -191,7 +201,7 @@ def test_two_steps_end_to_end_then_resume(tiny_model_dir, tmp_path):
     # every rollout of a random model fails, so make the reward vary: a custom rollout builder is
     # not needed for plumbing, but equal rewards would skip the update; beta > 0 keeps it training.
     args = tiny_run_args(tiny_model_dir, data, out, "--steps", "2", "--beta", "0.1")
-    grpo.train(grpo.parse_config(argv=args))
+    grpo.train(run.parse_config(grpo.Config, argv=args))
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2]
     for key in ("reward_mean", "frac_zero_std_groups", "response_len_mean", "truncated_frac", "loss",
@@ -201,7 +211,7 @@ def test_two_steps_end_to_end_then_resume(tiny_model_dir, tmp_path):
     before, after = state_dict_of(tiny_model_dir), state_dict_of(out / "checkpoint-2")
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
-    grpo.train(grpo.parse_config(argv=tiny_run_args(tiny_model_dir, data, out, "--steps", "3", "--beta", "0.1",
+    grpo.train(run.parse_config(grpo.Config, argv=tiny_run_args(tiny_model_dir, data, out, "--steps", "3", "--beta", "0.1",
                                                     "--resume")))
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [0, 1, 2, 3]
@@ -211,25 +221,25 @@ def test_two_steps_end_to_end_then_resume(tiny_model_dir, tmp_path):
 def test_resume_without_checkpoint_fails_clearly(tiny_model_dir, tmp_path):
     args = tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), tmp_path / "nothing", "--resume")
     with pytest.raises(SystemExit, match="no checkpoint"):
-        grpo.train(grpo.parse_config(argv=args))
+        grpo.train(run.parse_config(grpo.Config, argv=args))
     broken = tmp_path / "broken" / "checkpoint-4"
     broken.mkdir(parents=True)
     (broken / "trainer_state.pt").write_text("not a checkpoint")
     args = tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), tmp_path / "broken", "--resume")
     with pytest.raises(SystemExit, match="not a readable checkpoint"):
-        grpo.train(grpo.parse_config(argv=args))
+        grpo.train(run.parse_config(grpo.Config, argv=args))
 
 
 def test_partial_checkpoint_is_never_resumed(tmp_path):
     (tmp_path / "checkpoint-2").mkdir()
     (tmp_path / ".partial-checkpoint-3").mkdir()
-    assert grpo.newest_checkpoint(tmp_path).name == "checkpoint-2"
+    assert run.newest_checkpoint(tmp_path).name == "checkpoint-2"
 
 
 def test_no_signal_step_makes_no_update(tiny_model_dir, tmp_path):
     """A random model never answers right: every group has zero variance, so nothing changes."""
     out = tmp_path / "run"
-    grpo.train(grpo.parse_config(argv=tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), out,
+    grpo.train(run.parse_config(grpo.Config, argv=tiny_run_args(tiny_model_dir, write_problems(tmp_path / "d.jsonl"), out,
                                                     "--steps", "1")))
     line = json.loads((out / "metrics.jsonl").read_text().splitlines()[1])
     assert line["skipped"] == "no-signal" and line["frac_zero_std_groups"] == 1.0
@@ -253,7 +263,7 @@ def test_reward_rises_on_a_trivial_behaviour(tiny_model_dir, tmp_path):
                          "--prompts-per-step", "4", "--group-size", "8", "--max-new-tokens", "2",
                          "--lr", "1e-2", "--eval-size", "1", "--save-every", "1000")
     targets = set(range(200, 264))  # 64 of the 512 tokens: about 1 in 8 at the start
-    grpo.train(grpo.parse_config(argv=args), make_rollouts=first_token_rollouts(targets))
+    grpo.train(run.parse_config(grpo.Config, argv=args), make_rollouts=first_token_rollouts(targets))
     rewards = [json.loads(line)["reward_mean"] for line in (out / "metrics.jsonl").read_text().splitlines()[1:]]
     assert sum(rewards[:5]) / 5 < 0.2
     assert sum(rewards[-5:]) / 5 > 0.6
@@ -267,7 +277,7 @@ def test_non_finite_loss_never_reaches_the_weights(tiny_model_dir, tmp_path):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     rollouts = [grpo.Rollout([5, 6], [7, 8], 1.0, 0), grpo.Rollout([5, 6], [9, 8], 0.0, 0)]
     cfg = grpo.Config(temperature=0.0)  # logits / 0 -> non-finite log-probs
-    loss, grad_norm, skipped = grpo.train_on_rollouts(model, None, optimizer, rollouts, cfg, 0, torch.device("cpu"))
+    loss, grad_norm, skipped = update(model, optimizer, rollouts, cfg)
     assert skipped == "non-finite"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -306,7 +316,7 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_tokenizer,
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     with pytest.warns(UserWarning, match="1 prompts leave no room"):
-        grpo.train(grpo.parse_config(argv=tiny_run_args(folder, data, out, "--steps", "1")))
+        grpo.train(run.parse_config(grpo.Config, argv=tiny_run_args(folder, data, out, "--steps", "1")))
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["skipped_long_prompts"] == 1
 
@@ -314,9 +324,9 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_tokenizer,
 def test_missing_model_and_dataset_fail_with_a_message(tmp_path):
     cfg = grpo.Config(model=str(tmp_path / "no-such-model.gguf"))
     with pytest.raises(SystemExit, match="Unknown model|Cannot load the model"):
-        grpo.load_model(cfg, torch.device("cpu"))
+        run.load_model(cfg, torch.device("cpu"))
     with pytest.raises(SystemExit, match="Cannot load the dataset 'no-such-file.jsonl'"):
-        grpo.load_examples("no-such-file.jsonl", True, grpo.Config())
+        run.load_examples("no-such-file.jsonl", True, grpo.Config())
 
 
 def test_ctrl_c_saves_the_last_step_and_exits(tiny_model_dir, tmp_path):
@@ -338,7 +348,7 @@ def test_ctrl_c_saves_the_last_step_and_exits(tiny_model_dir, tmp_path):
     assert "saving after this step" in output
     last_step = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert 2 <= last_step < 10000
-    assert grpo.newest_checkpoint(out).name == f"checkpoint-{last_step}"
+    assert run.newest_checkpoint(out).name == f"checkpoint-{last_step}"
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer):
@@ -378,18 +388,17 @@ def test_mini_batches_are_one_optimizer_step_per_slice_of_prompts():
     cfg = grpo.Config(mini_batches=2, temperature=1.0)
     model = small_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    grpo.train_on_rollouts(model, None, optimizer, rollouts, cfg, 0, torch.device("cpu"))
+    update(model, optimizer, rollouts, cfg)
     # reference: two separate updates, one on each half of the prompts
     reference = small_model()
     ref_optimizer = torch.optim.AdamW(reference.parameters(), lr=1e-2)
     for half in (rollouts[:4], rollouts[4:]):
-        grpo.train_on_rollouts(reference, None, ref_optimizer, half, grpo.Config(mini_batches=1, temperature=1.0), 0,
-                               torch.device("cpu"))
+        update(reference, ref_optimizer, half, grpo.Config(mini_batches=1, temperature=1.0))
     for p, q in zip(model.parameters(), reference.parameters()):
         assert torch.allclose(p, q, atol=1e-6)
     one_step = small_model()
-    grpo.train_on_rollouts(one_step, None, torch.optim.AdamW(one_step.parameters(), lr=1e-2), rollouts,
-                           grpo.Config(mini_batches=1, temperature=1.0), 0, torch.device("cpu"))
+    update(one_step, torch.optim.AdamW(one_step.parameters(), lr=1e-2), rollouts,
+           grpo.Config(mini_batches=1, temperature=1.0))
     assert any(not torch.allclose(p, q) for p, q in zip(model.parameters(), one_step.parameters()))
 
 
@@ -404,8 +413,8 @@ def update_on_two_processes(rank, loss_agg, path, port):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     rollouts = prompts_rollouts(0, 2) if rank == 0 else prompts_rollouts(2, 1)  # unequal shares
     model = small_model()
-    grpo.train_on_rollouts(model, None, torch.optim.SGD(model.parameters(), lr=1.0), rollouts,
-                           grpo.Config(mini_batches=1, loss_agg=loss_agg, temperature=1.0), 0, torch.device("cpu"))
+    update(model, torch.optim.SGD(model.parameters(), lr=1.0), rollouts,
+           grpo.Config(mini_batches=1, loss_agg=loss_agg, temperature=1.0))
     if rank == 0:
         torch.save(model.state_dict(), path)
     torch.distributed.destroy_process_group()
@@ -419,8 +428,8 @@ def test_two_processes_average_over_all_sequences_and_tokens(loss_agg, tmp_path)
     path = tmp_path / "weights.pt"
     mp.spawn(update_on_two_processes, args=(loss_agg, path, 29600 + (loss_agg == "token-mean")), nprocs=2)
     model = small_model()
-    grpo.train_on_rollouts(model, None, torch.optim.SGD(model.parameters(), lr=1.0), prompts_rollouts(0, 3),
-                           grpo.Config(mini_batches=1, loss_agg=loss_agg, temperature=1.0), 0, torch.device("cpu"))
+    update(model, torch.optim.SGD(model.parameters(), lr=1.0), prompts_rollouts(0, 3),
+           grpo.Config(mini_batches=1, loss_agg=loss_agg, temperature=1.0))
     two_processes = torch.load(path)
     for name, value in model.state_dict().items():
         assert torch.allclose(value, two_processes[name], atol=1e-6), name
@@ -434,7 +443,7 @@ def test_evaluation_runs_in_eval_mode_and_restores_the_mode(tiny_model_dir, tiny
 
     def recording_sample(model, *args, **kwargs):
         modes.append(model.training)
-        return [[grpo.Chain([1], [1], "eos")] for _ in args[1]]
+        return [[generation.Chain([1], [1], "eos")] for _ in args[1]]
     monkeypatch.setattr(grpo, "sample", recording_sample)
     examples = [{"question": "1+1?", "answer": "2", "prompt_ids": [5, 6]}] * 3
     grpo.evaluate(model, tiny_tokenizer, examples, grpo.Config(), 0, 1, torch.device("cpu"), batch=2)
@@ -448,17 +457,17 @@ def test_evaluation_runs_in_eval_mode_and_restores_the_mode(tiny_model_dir, tiny
 
 def test_a_dataset_without_a_test_split_gets_a_held_out_slice(tmp_path, capsys):
     data = write_problems(tmp_path / "d.jsonl", n=8)
-    train, held_out = grpo.train_and_eval_examples(grpo.Config(dataset=str(data), eval_size=3, seed=1), rank=0)
+    train, held_out = run.train_and_eval_examples(grpo.Config(dataset=str(data), eval_size=3, seed=1), rank=0)
     assert len(train) == 5 and len(held_out) == 3
     assert not {ex["question"] for ex in train} & {ex["question"] for ex in held_out}
     assert "Training on 5 problems" in capsys.readouterr().out
     # the same slice for every seed
-    assert grpo.train_and_eval_examples(grpo.Config(dataset=str(data), eval_size=3, seed=7), rank=0)[1] == held_out
+    assert run.train_and_eval_examples(grpo.Config(dataset=str(data), eval_size=3, seed=7), rank=0)[1] == held_out
     # asked for on purpose: the overlap is counted
-    grpo.train_and_eval_examples(grpo.Config(dataset=str(data), eval_dataset=str(data), eval_size=3), rank=0)
+    run.train_and_eval_examples(grpo.Config(dataset=str(data), eval_dataset=str(data), eval_size=3), rank=0)
     assert "3 training problems are also evaluated on" in capsys.readouterr().out
 
 
 def test_toy_training_never_sees_an_evaluation_problem():
-    train, held_out = grpo.train_and_eval_examples(grpo.Config(eval_size=500), rank=0)
+    train, held_out = run.train_and_eval_examples(grpo.Config(eval_size=500), rank=0)
     assert not {ex["question"] for ex in train} & {ex["question"] for ex in held_out}

@@ -6,9 +6,12 @@ import random
 import pytest
 import torch
 
+import data
+import generation
 import grpo
 import localize
 import rrpo
+import run
 import srpo
 
 RIGHT = "2 + 3 = 5</thought>Check: 5</thought>\\boxed{5}</thought>"
@@ -36,13 +39,13 @@ class ScriptedPolicy(grpo.Policy):
 def scripted_chain(tokenizer, text):
     """The chain a model that writes `text` and then eos would give."""
     ids = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-    return grpo.Chain(ids, localize.step_token_ends(tokenizer, ids), "answer" if "\\boxed{" in text else "eos")
+    return generation.Chain(ids, localize.step_token_ends(tokenizer, ids), "answer" if "\\boxed{" in text else "eos")
 
 
 def make_examples(tokenizer, n=1):
     examples = [{"question": f"What is 2 + 3? (copy {i})", "answer": "5"} for i in range(n)]
     for ex in examples:
-        ex["prompt_ids"] = tokenizer(grpo.format_prompt(tokenizer, ex["question"]), add_special_tokens=False).input_ids
+        ex["prompt_ids"] = tokenizer(data.format_prompt(tokenizer, ex["question"]), add_special_tokens=False).input_ids
     return examples
 
 
@@ -87,7 +90,7 @@ def test_buffer_layout_parent_excluded_and_prefix_token_exact(tiny_tokenizer, cf
         assert r.prompt_ids == example["prompt_ids"] + prefix
         assert tiny_tokenizer.decode(prefix) == "".join(steps[:reset_step - 1])
     # Suffixes are judged as whole solutions: prefix + suffix.
-    assert [r.reward for r in group2] == grpo.rewards(
+    assert [r.reward for r in group2] == data.rewards(
         [example] * 4, [tiny_tokenizer.decode(prefix + r.response_ids, skip_special_tokens=True) for r in group2])
     assert [r.reward for r in group2] == [1.0, 0.0, 1.0, 0.0]  # by the suffixes' own boxed answers
     assert diagnostics["reset_frac"] == [1.0] and diagnostics["reset_step_mean"] == [reset_step]
@@ -163,7 +166,7 @@ def test_self_localization_prompt_temperature_and_parse(tiny_tokenizer, cfg):
     [example] = make_examples(tiny_tokenizer)
     rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(0), srpo.self_resets)
     localization_call = policy.calls[1]
-    expected_prompt = grpo.format_chat(tiny_tokenizer,
+    expected_prompt = data.format_chat(tiny_tokenizer,
                                        localize.localization_prompt(example["question"], localize.split_steps(WRONG)))
     assert tiny_tokenizer.decode(localization_call["prompts"][0]) == expected_prompt
     assert localization_call["temperature"] == 0.3
@@ -191,7 +194,7 @@ def test_oracle_resets_at_true_first_error(tiny_tokenizer, cfg):
     wrong = toy.inject_error(example, 2, random.Random(0))  # corrupt step 2
     wrong_text = "".join(wrong) if isinstance(wrong, list) else wrong
     example = dict(example, step_checker=toy.first_wrong_step)
-    example["prompt_ids"] = tiny_tokenizer(grpo.format_prompt(tiny_tokenizer, example["question"])).input_ids
+    example["prompt_ids"] = tiny_tokenizer(data.format_prompt(tiny_tokenizer, example["question"])).input_ids
     policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(
         [wrong_text] + ["".join(steps)] * 4, ["".join(steps[1:])] * 4))
     rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(0), rrpo.oracle_resets)
@@ -225,7 +228,7 @@ def run_two_steps(config_class, choose, model_dir, tmp_path):
             "--eval-size", "2", "--eval-every", "0", "--temperature", "1.0", "--beta", "0.1"]
     if config_class is srpo.SRPOConfig:
         args += ["--loc-max-new-tokens", "6"]
-    cfg = grpo.parse_config(config_class, argv=args)
+    cfg = run.parse_config(config_class, argv=args)
     grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, choose))
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -250,7 +253,7 @@ def test_srpo_one_step_smollm2_gsm8k(smollm2_gguf, shared_data, tmp_path):
     data = tmp_path / "gsm8k2.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    cfg = grpo.parse_config(srpo.SRPOConfig, argv=[
+    cfg = run.parse_config(srpo.SRPOConfig, argv=[
         "--model", str(smollm2_gguf), "--dataset", str(data), "--out", str(out), "--steps", "1",
         "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "24",
         "--max-thought-tokens", "12", "--loc-max-new-tokens", "16", "--eval-size", "1", "--eval-every", "0", "--save-every", "100"])
@@ -263,7 +266,7 @@ def test_srpo_one_step_smollm2_gsm8k(smollm2_gguf, shared_data, tmp_path):
 def test_code_rollouts_are_scored_by_running_the_programs(tiny_tokenizer, cfg):
     code_tasks = pytest.importorskip("code_tasks")
     example = next(e for e in code_tasks.builtin_examples() if "wrong_solution" in e)
-    example["prompt_ids"] = tiny_tokenizer(grpo.format_prompt(tiny_tokenizer, example["question"])).input_ids
+    example["prompt_ids"] = tiny_tokenizer(data.format_prompt(tiny_tokenizer, example["question"])).input_ids
 
     def program(source):
         return f"Read n and the numbers.</thought>Take the maximum.</thought>\n```python\n{source}\n```"
@@ -278,7 +281,7 @@ def test_code_rollouts_are_scored_by_running_the_programs(tiny_tokenizer, cfg):
 
 def test_srpo_one_step_on_builtin_code_problems_tiny_model(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    cfg = grpo.parse_config(srpo.SRPOConfig, argv=[
+    cfg = run.parse_config(srpo.SRPOConfig, argv=[
         "--model", str(tiny_model_dir), "--dataset", "code", "--out", str(out), "--steps", "1",
         "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "12",
         "--loc-max-new-tokens", "6", "--eval-size", "2", "--eval-every", "0", "--temperature", "1.0"])
@@ -328,7 +331,7 @@ def test_rollout_dump_has_every_sequence_of_the_step(tiny_model_dir, tmp_path):
     data.write_text("".join(json.dumps({"question": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n"
                             for a in range(6)))
     out = tmp_path / "run"
-    cfg = grpo.parse_config(srpo.SRPOConfig, argv=[
+    cfg = run.parse_config(srpo.SRPOConfig, argv=[
         "--model", str(tiny_model_dir), "--dataset", str(data), "--out", str(out), "--steps", "1",
         "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "24",
         "--max-thought-tokens", "6", "--max-thoughts", "3", "--loc-max-new-tokens", "6", "--eval-size", "2",

@@ -5,8 +5,10 @@ import random
 import pytest
 import torch
 
+import data
 import grpo
 import localize
+import run
 import toy
 import verify
 
@@ -96,10 +98,10 @@ def baby_tokenizer():
 def test_tokenizer_round_trips_and_keeps_sequences_short(baby_tokenizer):
     rng = random.Random(1)
     for example in toy.make_examples(20, seed=6):
-        prompt, solution = grpo.format_prompt(baby_tokenizer, example["question"]), toy.solve(example)
+        prompt, solution = data.format_prompt(baby_tokenizer, example["question"]), toy.solve(example)
         wrong = toy.inject_error(example, 2, rng)
         reply = toy.localization_reply(wrong, 2)
-        localization = grpo.format_chat(baby_tokenizer, localize.localization_prompt(example["question"], wrong))
+        localization = data.format_chat(baby_tokenizer, localize.localization_prompt(example["question"], wrong))
         for text in [prompt, solution, prompt + solution, localization + reply, "Unseen text: é 北 12"]:
             ids = baby_tokenizer(text, add_special_tokens=False).input_ids
             assert baby_tokenizer.decode(ids) == text
@@ -188,7 +190,7 @@ def test_demo_runs_end_to_end_with_a_quickly_warmed_model(tmp_path, monkeypatch,
 
     load = toy.load_baby_model
     monkeypatch.setattr(toy, "load_baby_model", lambda cache_dir=None: load(tmp_path / "cache", TINY))
-    cfg = grpo.parse_config(srpo.SRPOConfig, argv=["--out", str(tmp_path / "run"), "--steps", "2", "--reset", reset,
+    cfg = run.parse_config(srpo.SRPOConfig, argv=["--out", str(tmp_path / "run"), "--steps", "2", "--reset", reset,
                                                    "--prompts-per-step", "2", "--eval-size", "4",
                                                    "--max-new-tokens", "24", "--loc-max-new-tokens", "8"])
     assert (cfg.model, cfg.dataset, cfg.lr) == ("toy", "toy", 5e-5)

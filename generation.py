@@ -1,0 +1,185 @@
+r"""Sampling for RL on reasoning: many responses per prompt in one batched `generate` call,
+each prompt prefilled once, generated thought by thought as the paper's authors do.
+
+The protocol (PAPER.md section 5b): a thought ends at `</thought>` or after `max_thought_tokens`
+tokens, and the next one continues; a response ends after the thought that contains `\boxed{`,
+at end of sequence, after `max_thoughts` thoughts, or before a thought that could not fit whole
+in its budget of new tokens. The authors call the model once per thought and re-prefill from a
+prefix cache; here a `StoppingCriteria` (`ThoughtStopper`) ends each row of one `generate` call
+when its chain ends, keeping one KV cache per response: the same tokens.
+
+    chains = sample(model, tokenizer, prompt_ids, n=8, max_new_tokens=4096, temperature=0.7,
+                    top_p=0.95, max_thought_tokens=256, max_thoughts=20)
+    chains[i][j].ids, chains[i][j].thought_ends, chains[i][j].finish   # response j of prompt i
+"""
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+import localize
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, seq) ids and attention mask, padded on the left."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, as `generate` computes them."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """The ids that end a response: the model's generation config's and the tokenizer's eos."""
+    eos = model.generation_config.eos_token_id
+    eos = {tokenizer.eos_token_id} if eos is None else set(eos if isinstance(eos, list) else [eos])
+    return eos | {tokenizer.eos_token_id}
+
+
+@dataclass
+class Chain:
+    """One generated response: its token ids, where each of its thoughts ends, and why it ended."""
+    ids: list[int]  # generated tokens, ending with eos if the model ended the response
+    thought_ends: list[int]  # exclusive end of each thought in ids: thought k is ids[ends[k-2]:ends[k-1]]
+    finish: str  # "answer" (a thought held \boxed{), "eos", "max_thoughts" or "budget"
+
+
+class ThoughtStopper(StoppingCriteria):
+    r"""Thought-by-thought stopping, row by row, inside one batched `generate` call (PAPER.md 5b).
+
+    A thought ends with the token that completes `</thought>`, or after `max_thought_tokens`
+    tokens. A chain ends after the thought that contains `\boxed{` ("answer"), at end of sequence
+    ("eos"), after its `max_thoughts`-th thought ("max_thoughts"), or, before a thought that could
+    not fit whole in its budget of new tokens ("budget"). So a chain is never longer than its
+    budget and no thought is cut by it. The authors call the model once per thought; stopping
+    rows here instead keeps one KV cache for the whole chain.
+    """
+
+    def __init__(self, tokenizer, budgets: list[int], max_thoughts: list[int], max_thought_tokens: int,
+                 stop_ids: set[int], delimiter: str = localize.DELIMITER):
+        self.tokenizer, self.stop_ids, self.delimiter = tokenizer, stop_ids, delimiter
+        self.budgets, self.max_thoughts, self.max_thought_tokens = budgets, max_thoughts, max_thought_tokens
+        self.thought_ends = [[] for _ in budgets]
+        self.finish: list[str | None] = [None] * len(budgets)
+        self.length = [0] * len(budgets)  # generated tokens kept, once the row has finished
+        self.generated = [[] for _ in budgets]  # the new tokens of each row, one appended per call
+        # Only a token whose text holds the delimiter's last character can complete it.
+        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        self.may_close = [delimiter[-1] in piece for piece in pieces]
+
+    def text(self, ids: list[int]) -> str:
+        return localize.decode(self.tokenizer, ids)
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        # Called once per new token: only the last column is new (copying all of input_ids each
+        # time would cost O(length^2)).
+        for row, token in enumerate(input_ids[:, -1].tolist()):
+            if self.finish[row] is not None:
+                continue
+            ids = self.generated[row]
+            ids.append(token)
+            t = len(ids)
+            thought_start = self.thought_ends[row][-1] if self.thought_ends[row] else 0
+            if token in self.stop_ids:
+                # eos closes the current thought; after a thought with no text it joins the last
+                # one, and a chain that is only eos has no thought at all
+                if self.text(ids[thought_start:t]).strip():
+                    self.thought_ends[row].append(t)
+                elif self.thought_ends[row]:
+                    self.thought_ends[row][-1] = t
+                last = self.thought_ends[row][-2:]
+                answered = last and "\\boxed{" in self.text(ids[last[0] if len(last) == 2 else 0:t])
+                self.end_chain(row, t, "answer" if answered else "eos")
+            elif self.may_close[token] and self.completes_delimiter(ids[thought_start:t]):
+                self.end_thought(row, ids, t)
+            elif t - thought_start == self.max_thought_tokens:
+                self.end_thought(row, ids, t)
+        return torch.tensor([f is not None for f in self.finish], device=input_ids.device)
+
+    def completes_delimiter(self, thought: list[int]) -> bool:
+        """Does the last token complete the delimiter? The delimiter's characters span at most
+        len(delimiter) tokens, so a window of that many decodes enough of the thought."""
+        window = thought[-len(self.delimiter):]
+        return self.delimiter in self.text(window) and self.delimiter not in self.text(window[:-1])
+
+    def end_thought(self, row: int, ids: list[int], t: int) -> None:
+        thought_start = self.thought_ends[row][-1] if self.thought_ends[row] else 0
+        self.thought_ends[row].append(t)
+        if "\\boxed{" in self.text(ids[thought_start:t]):
+            self.end_chain(row, t, "answer")
+        elif len(self.thought_ends[row]) >= self.max_thoughts[row]:
+            self.end_chain(row, t, "max_thoughts")
+        elif t + self.max_thought_tokens > self.budgets[row]:
+            self.end_chain(row, t, "budget")
+
+    def end_chain(self, row: int, t: int, finish: str) -> None:
+        self.length[row], self.finish[row] = t, finish
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int | list[int],
+           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
+           max_thought_tokens: int | None = None, max_thoughts: int | list[int] = 10**9) -> list[list[Chain]]:
+    """n responses for each prompt, in one batched `generate` call: out[i][j] is response j of
+    prompt i.
+
+    With `max_thought_tokens`, generation is thought by thought (`ThoughtStopper`); without, a
+    response ends at eos or after `max_new_tokens`, as one thought. `max_new_tokens` and
+    `max_thoughts` are one number, or one per prompt: a reset suffix gets what its parent's
+    prefix left of them. A prompt left no room for a whole thought gets empty responses.
+
+    Each prompt is prefilled once and its KV cache copied to its n samples, instead of
+    prefilling the same prompt n times. The cache covers all but the last prompt token:
+    `generate` must still be fed at least one new token, else it has no logits to start from.
+    """
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+    thoughts = max_thoughts if isinstance(max_thoughts, list) else [max_thoughts] * len(prompts)
+    smallest = max_thought_tokens or 1
+    out = [[Chain([], [], "budget" if budgets[i] < smallest else "max_thoughts") for _ in range(n)]
+           for i in range(len(prompts))]
+    live = [i for i in range(len(prompts)) if budgets[i] >= smallest and thoughts[i] >= 1]
+    if not live:
+        return out
+    ids, mask = left_pad([prompts[i] for i in live], tokenizer.pad_token_id, model.device)  # (prompts, seq)
+    # Recent transformers call the KV cache argument `cache`; earlier 5.x call it `past_key_values`.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=model.config)
+    if ids.shape[1] > 1:
+        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
+              use_cache=True, **{cache_arg: cache})
+        cache.batch_repeat_interleave(n)
+    stop = eos_ids(model, tokenizer)
+    rows = [i for i in live for _ in range(n)]  # the prompt of each generated row
+    stopper = None
+    if max_thought_tokens:
+        stopper = ThoughtStopper(tokenizer, [budgets[i] for i in rows], [thoughts[i] for i in rows],
+                                 max_thought_tokens, stop)
+    # Every sampling knob is set explicitly: a model's own generation_config (for example
+    # top_k=20, repetition_penalty=1.05) would otherwise change the distribution we train on.
+    gen_config = GenerationConfig(
+        do_sample=not greedy, temperature=temperature if not greedy else None,
+        top_p=top_p if not greedy else None, top_k=0 if not greedy else None, repetition_penalty=1.0,
+        max_new_tokens=max(budgets[i] for i in live), pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
+    generated = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+                               **{cache_arg: cache if ids.shape[1] > 1 else None}, generation_config=gen_config,
+                               stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
+                               )[:, ids.shape[1]:].tolist()  # (prompts * n, new)
+    for row, (i, tokens) in enumerate(zip(rows, generated)):
+        if stopper:
+            chain = Chain(tokens[:stopper.length[row]], stopper.thought_ends[row], stopper.finish[row])
+        else:
+            tokens = tokens[:budgets[i]]
+            end = next((t + 1 for t, token in enumerate(tokens) if token in stop), None)
+            chain = Chain(tokens[:end or len(tokens)], [end or len(tokens)], "budget" if end is None else "eos")
+        out[i][row % n] = chain
+    return out
+
