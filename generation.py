@@ -12,6 +12,7 @@ when its chain ends, keeping one KV cache per response: the same tokens.
                     top_p=0.95, max_thought_tokens=256, max_thoughts=20)
     chains[i][j].ids, chains[i][j].thought_ends, chains[i][j].finish   # response j of prompt i
 """
+import functools
 import inspect
 from dataclasses import dataclass
 
@@ -53,6 +54,14 @@ class Chain:
     finish: str  # "answer" (a thought held \boxed{), "eos", "max_thoughts" or "budget"
 
 
+@functools.cache
+def tokens_holding(tokenizer, character: str) -> frozenset[int]:
+    """The ids whose text holds `character`: only such a token can complete a delimiter that
+    ends with it. Decoding the vocabulary takes a second, so it is done once per tokenizer."""
+    pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return frozenset(i for i, piece in enumerate(pieces) if character in piece)
+
+
 class ThoughtStopper(StoppingCriteria):
     r"""Thought-by-thought stopping, row by row, inside one batched `generate` call (PAPER.md 5b).
 
@@ -72,9 +81,7 @@ class ThoughtStopper(StoppingCriteria):
         self.finish: list[str | None] = [None] * len(budgets)
         self.length = [0] * len(budgets)  # generated tokens kept, once the row has finished
         self.generated = [[] for _ in budgets]  # the new tokens of each row, one appended per call
-        # Only a token whose text holds the delimiter's last character can complete it.
-        pieces = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        self.may_close = [delimiter[-1] in piece for piece in pieces]
+        self.may_close = tokens_holding(tokenizer, delimiter[-1])
 
     def text(self, ids: list[int]) -> str:
         return localize.decode(self.tokenizer, ids)
@@ -99,7 +106,7 @@ class ThoughtStopper(StoppingCriteria):
                 last = self.thought_ends[row][-2:]
                 answered = last and "\\boxed{" in self.text(ids[last[0] if len(last) == 2 else 0:t])
                 self.end_chain(row, t, "answer" if answered else "eos")
-            elif self.may_close[token] and self.completes_delimiter(ids[thought_start:t]):
+            elif token in self.may_close and self.completes_delimiter(ids[thought_start:t]):
                 self.end_thought(row, ids, t)
             elif t - thought_start == self.max_thought_tokens:
                 self.end_thought(row, ids, t)

@@ -28,6 +28,9 @@ Where this file deviates from the authors' code, and why:
   same tokens, one `generate` call instead of one per thought.
 - The solver prompt goes through the chat template when the tokenizer has one (theirs is a raw
   text template), so instruct models see the format they were tuned on.
+- A response ends at its first end-of-sequence token. Their loop calls the model again after a
+  thought that ended with eos (the eos is not kept) and stops only at an empty output; text a
+  model writes after its own eos is not what its policy chose to end with, so it is not sampled.
 
 RRPO and SRPO (rrpo.py, srpo.py) change only how the rollouts of a prompt are built: they pass
 their own `make_rollouts` to `train()`; everything else here is shared.
@@ -178,6 +181,7 @@ class Rollout:
     kind: str = "fresh"  # fresh, or suffix (of a reset)
     prefix_len: int = 0  # suffixes: how many of prompt_ids are the parent's prefix
     reset_step: int | None = None  # suffixes: the parent's step k that the suffix resamples
+    prefix_thoughts: int = 0  # suffixes: thoughts of the parent that the prefix holds (k - 1 with a delimiter)
 
     @property
     def truncated(self) -> bool:
@@ -186,8 +190,8 @@ class Rollout:
 
     @property
     def n_thoughts(self) -> int:
-        """Thoughts of the whole chain: a suffix's count on from the k - 1 of its prefix."""
-        return len(self.thought_ends) + (self.reset_step - 1 if self.reset_step else 0)
+        """Thoughts of the whole chain: a suffix's count on from those of its prefix."""
+        return len(self.thought_ends) + self.prefix_thoughts
 
 
 class Policy:
@@ -276,15 +280,17 @@ def prompt_slices(rollouts: list[Rollout], n_slices: int) -> list[list[int]]:
     [[0, 1, 2, 3], [4, 5, 6, 7]]
     """
     prompts = sorted({r.prompt_index for r in rollouts})
-    size = math.ceil(len(prompts) / n_slices)
-    chosen = [set(prompts[k * size:(k + 1) * size]) for k in range(n_slices)]
+    size, extra = divmod(len(prompts), n_slices)  # the first `extra` slices get one prompt more
+    bounds = [k * size + min(k, extra) for k in range(n_slices + 1)]
+    chosen = [set(prompts[bounds[k]:bounds[k + 1]]) for k in range(n_slices)]
     return [[i for i, r in enumerate(rollouts) if r.prompt_index in part] for part in chosen]
 
 
 def train_on_rollouts(model, ref_model, optimizer, rollouts, advantages, cfg, pad_id, device):
     """The update(s) on one batch of rollouts and their advantages: `--mini-batches` optimizer
     steps, each on a slice of the prompts, repeated `--updates-per-batch` times. Returns (mean
-    loss, mean grad norm, reason every step was skipped or None)."""
+    loss, mean grad norm, None or why steps were skipped: "non-finite" if any was, "no-signal"
+    if all were for lack of signal)."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     world = dist.get_world_size() if dist.is_initialized() else 1
 
@@ -339,13 +345,14 @@ def train_on_rollouts(model, ref_model, optimizer, rollouts, advantages, cfg, pa
             step_loss = run.all_sum([step_loss], device)[0]
             if not (math.isfinite(grad_norm) and math.isfinite(step_loss)):
                 optimizer.zero_grad(set_to_none=False)
-                return step_loss, grad_norm, "non-finite"  # never reaches the weights
+                skipped = "non-finite"  # this step never reaches the weights
+                continue
             optimizer.step()
             losses.append(step_loss)
             grad_norms.append(grad_norm)
     if not losses:
         return 0.0, 0.0, skipped
-    return sum(losses) / len(losses), sum(grad_norms) / len(grad_norms), None
+    return sum(losses) / len(losses), sum(grad_norms) / len(grad_norms), skipped if skipped == "non-finite" else None
 
 
 @torch.no_grad()

@@ -133,7 +133,7 @@ def response_steps(tokenizer, response_ids, thought_ends=None, delimiter=DELIMIT
     r"""The steps of a generated response and where each ends in `response_ids`: (steps, ends).
 
     A response generated thought by thought comes with its thought ends, recorded token by token
-    as it was generated (grpo.ThoughtStopper); when the model used the delimiter, those are its
+    as it was generated (generation.ThoughtStopper); when the model used the delimiter, those are its
     steps, and a thought cut at --max-thought-tokens is a step of its own. Otherwise (a model that
     ignores the delimiter, or no record) the steps are those of `split_steps` and their ends those
     of `step_token_ends`. Either way `response_ids[:ends[k - 1]]` is the state after step k, and the

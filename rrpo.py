@@ -32,6 +32,7 @@ Deviations from the authors' code: none in the buffer above. `--reset oracle` an
     python rrpo.py --model Qwen2.5-1.5B --dataset gsm8k               # one GPU
     torchrun --nproc_per_node 8 rrpo.py --model Qwen2.5-1.5B --dataset gsm8k
 """
+import bisect
 import dataclasses
 from dataclasses import dataclass
 
@@ -87,6 +88,14 @@ def sample_fresh(policy, examples):
     return fresh
 
 
+def steps_of(policy, parent):
+    """(steps, token ends) of a parent: its recorded thoughts, or paragraphs without a delimiter.
+    A parent whose thoughts hold no text (special tokens only) is one empty step: reset at k = 1."""
+    steps, ends = localize.response_steps(policy.tokenizer, parent.response_ids, parent.thought_ends,
+                                          max_steps=policy.cfg.max_thoughts)
+    return (steps, ends) if steps else ([""], [len(parent.response_ids)])
+
+
 def random_resets(policy, examples, parent_steps, rng, diagnostics):
     """RRPO: k uniform in 1..n."""
     return [localize.random_reset_step(len(steps), rng) for steps in parent_steps]
@@ -110,7 +119,10 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
     rollouts, parents = [], {}  # parents: prompt index -> its parent rollout
     for i, samples in enumerate(fresh):
         parent = next((r for r in samples if can_be_parent(r)), None)
-        rollouts += [dataclasses.replace(r, group=fresh_group(i)) for r in samples if r is not parent][:half]
+        others = [r for r in samples if r is not parent]
+        rollouts += [dataclasses.replace(r, group=fresh_group(i)) for r in others[:half]]
+        for r in others[half:]:  # sampled while looking for a parent, not trained on
+            policy.remember("fresh", i, r.response_ids, r.finish, r.n_thoughts, r.reward)
         diagnostics["reset_frac"].append(float(parent is not None))
         if parent is not None:
             parents[i] = parent
@@ -125,23 +137,24 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
         return rollouts, diagnostics
 
     reset_examples = [{**examples[i], "prompt_index": i} for i in parents]
-    parent_steps, parent_ends = zip(*(localize.response_steps(policy.tokenizer, p.response_ids, p.thought_ends,
-                                                              max_steps=cfg.max_thoughts) for p in parents.values()))
+    parent_steps, parent_ends = zip(*(steps_of(policy, parent) for parent in parents.values()))
     reset_steps = choose_resets(policy, reset_examples, parent_steps, rng, diagnostics)
     # The suffix continues the parent's chain: steps 1..k-1 (its exact ids) are context, and
-    # prefix + suffix share one budget of tokens and of thoughts.
+    # prefix + suffix share one budget of tokens and of thoughts. The thoughts the prefix used
+    # are k - 1, or, when the steps are paragraphs (no delimiter), the recorded thoughts it covers.
     prefixes = [parent.response_ids[:ends[k - 2]] if k > 1 else []
                 for parent, ends, k in zip(parents.values(), parent_ends, reset_steps)]
+    used = [bisect.bisect_right(parent.thought_ends, len(prefix)) for parent, prefix in zip(parents.values(), prefixes)]
     suffixes = policy.sample([ex["prompt_ids"] + prefix for ex, prefix in zip(reset_examples, prefixes)], half,
                              max_new_tokens=[cfg.max_new_tokens - len(prefix) for prefix in prefixes],
-                             max_thoughts=[cfg.max_thoughts - (k - 1) for k in reset_steps])
+                             max_thoughts=[cfg.max_thoughts - n for n in used])
     # Each suffix is judged as a whole solution: the parent's prefix followed by the suffix.
     scores = iter(policy.score([ex for ex in reset_examples for _ in range(half)],
                                [prefix + chain.ids for prefix, group in zip(prefixes, suffixes) for chain in group]))
-    for i, example, prefix, group, steps, k in zip(parents, reset_examples, prefixes, suffixes, parent_steps,
-                                                   reset_steps):
+    for i, example, prefix, group, steps, k, n in zip(parents, reset_examples, prefixes, suffixes, parent_steps,
+                                                      reset_steps, used):
         group_rollouts = [grpo.Rollout(example["prompt_ids"] + prefix, chain.ids, next(scores), suffix_group(i),
-                                       chain.finish, i, chain.thought_ends, "suffix", len(prefix), k)
+                                       chain.finish, i, chain.thought_ends, "suffix", len(prefix), k, n)
                           for chain in group]
         rollouts += group_rollouts
         record_reset(diagnostics, example, steps, k, [r.reward for r in group_rollouts])

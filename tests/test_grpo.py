@@ -406,6 +406,8 @@ def test_prompt_slices_keep_a_prompts_rollouts_together():
     rollouts = [grpo.Rollout([], [], 0.0, g, prompt_index=g // 2) for g in (0, 1, 0, 1, 2, 3, 2, 3, 4, 5)]
     assert grpo.prompt_slices(rollouts, 2) == [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9]]
     assert grpo.prompt_slices(rollouts, 3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    five = [grpo.Rollout([], [], 0.0, p, prompt_index=p) for p in range(5)]
+    assert [len(part) for part in grpo.prompt_slices(five, 4)] == [2, 1, 1, 1]  # balanced, none empty
 
 
 def update_on_two_processes(rank, loss_agg, path, port):

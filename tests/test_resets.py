@@ -352,3 +352,20 @@ def test_rollout_dump_has_every_sequence_of_the_step(tiny_model_dir, tmp_path):
     suffixes = [r for r in records if r["kind"] == "suffix"]
     assert all(r["reset_step"] >= 1 and (r["prefix_text"] is None) == (r["reset_step"] == 1) for r in suffixes)
     assert len({r["group"] for r in records if r["kind"] != "parent" and r["group"] is not None}) == 4
+
+
+def test_fresh_solutions_not_kept_are_remembered_for_the_dump(tiny_tokenizer):
+    cfg = srpo.SRPOConfig(group_size=8, max_fresh=12, dump_rollouts=True)
+    fresh = [RIGHT] * 5 + [RIGHT, RIGHT, WRONG, RIGHT, RIGHT, RIGHT, RIGHT]
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(fresh, [RIGHT] * 4))
+    rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(0))
+    kinds = [record["kind"] for record in policy.untrained]
+    assert kinds.count("parent") == 1 and kinds.count("fresh") == 12 - 1 - 4
+
+
+def test_a_parent_without_text_is_one_empty_step(tiny_tokenizer, cfg):
+    pad, eos = tiny_tokenizer.pad_token_id, tiny_tokenizer.eos_token_id
+    parent = grpo.Rollout([], [pad] * 8 + [eos], 0.0, 0, thought_ends=[9])  # a thought cut at 8 tokens, no text
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, None)
+    assert rrpo.can_be_parent(parent) and rrpo.steps_of(policy, parent) == ([""], [9])
+    assert rrpo.random_resets(policy, [{}], [[""]], random.Random(0), {}) == [1]
