@@ -43,8 +43,6 @@ def run(method: str, seed: int, args) -> Path:
                "--eval-every", str(args.eval_every), "--eval-size", str(args.eval_size),
                "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
                "--save-every", str(args.steps), *extra]
-    if method == "srpo":
-        command += ["--loc-max-new-tokens", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(out.parent / f"{out.name}.log", "w") as log:
         subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
