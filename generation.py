@@ -79,8 +79,7 @@ class ThoughtStopper(StoppingCriteria):
         self.budgets, self.max_thoughts, self.max_thought_tokens = budgets, max_thoughts, max_thought_tokens
         self.thought_ends = [[] for _ in budgets]
         self.finish: list[str | None] = [None] * len(budgets)
-        self.length = [0] * len(budgets)  # generated tokens kept, once the row has finished
-        self.generated = [[] for _ in budgets]  # the new tokens of each row, one appended per call
+        self.generated = [[] for _ in budgets]  # the kept tokens of each row: one more per call until it ends
         self.may_close = tokens_holding(tokenizer, delimiter[-1])
 
     def text(self, ids: list[int]) -> str:
@@ -92,24 +91,22 @@ class ThoughtStopper(StoppingCriteria):
         for row, token in enumerate(input_ids[:, -1].tolist()):
             if self.finish[row] is not None:
                 continue
-            ids = self.generated[row]
+            ids, ends = self.generated[row], self.thought_ends[row]
             ids.append(token)
-            t = len(ids)
-            thought_start = self.thought_ends[row][-1] if self.thought_ends[row] else 0
+            t, thought_start = len(ids), ends[-1] if ends else 0
             if token in self.stop_ids:
                 # eos closes the current thought; after a thought with no text it joins the last
                 # one, and a chain that is only eos has no thought at all
                 if self.text(ids[thought_start:t]).strip():
-                    self.thought_ends[row].append(t)
-                elif self.thought_ends[row]:
-                    self.thought_ends[row][-1] = t
-                last = self.thought_ends[row][-2:]
-                answered = last and "\\boxed{" in self.text(ids[last[0] if len(last) == 2 else 0:t])
-                self.end_chain(row, t, "answer" if answered else "eos")
+                    ends.append(t)
+                elif ends:
+                    thought_start, ends[-1] = ends[-2] if len(ends) > 1 else 0, t
+                answered = bool(ends) and "\\boxed{" in self.text(ids[thought_start:t])
+                self.finish[row] = "answer" if answered else "eos"
             elif token in self.may_close and self.completes_delimiter(ids[thought_start:t]):
-                self.end_thought(row, ids, t)
+                self.end_thought(row, thought_start, t)
             elif t - thought_start == self.max_thought_tokens:
-                self.end_thought(row, ids, t)
+                self.end_thought(row, thought_start, t)
         return torch.tensor([f is not None for f in self.finish], device=input_ids.device)
 
     def completes_delimiter(self, thought: list[int]) -> bool:
@@ -118,18 +115,15 @@ class ThoughtStopper(StoppingCriteria):
         window = thought[-len(self.delimiter):]
         return self.delimiter in self.text(window) and self.delimiter not in self.text(window[:-1])
 
-    def end_thought(self, row: int, ids: list[int], t: int) -> None:
-        thought_start = self.thought_ends[row][-1] if self.thought_ends[row] else 0
+    def end_thought(self, row: int, thought_start: int, t: int) -> None:
+        """The thought ids[thought_start:t] is over; so is the chain if one of its limits is hit."""
         self.thought_ends[row].append(t)
-        if "\\boxed{" in self.text(ids[thought_start:t]):
-            self.end_chain(row, t, "answer")
+        if "\\boxed{" in self.text(self.generated[row][thought_start:t]):
+            self.finish[row] = "answer"
         elif len(self.thought_ends[row]) >= self.max_thoughts[row]:
-            self.end_chain(row, t, "max_thoughts")
+            self.finish[row] = "max_thoughts"
         elif t + self.max_thought_tokens > self.budgets[row]:
-            self.end_chain(row, t, "budget")
-
-    def end_chain(self, row: int, t: int, finish: str) -> None:
-        self.length[row], self.finish[row] = t, finish
+            self.finish[row] = "budget"
 
 
 @torch.no_grad()
@@ -178,15 +172,14 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
         max_new_tokens=max(budgets[i] for i in live), pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
     generated = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
                                **{cache_arg: cache if ids.shape[1] > 1 else None}, generation_config=gen_config,
-                               stopping_criteria=StoppingCriteriaList([stopper] if stopper else []),
-                               )[:, ids.shape[1]:].tolist()  # (prompts * n, new)
-    for row, (i, tokens) in enumerate(zip(rows, generated)):
-        if stopper:
-            chain = Chain(tokens[:stopper.length[row]], stopper.thought_ends[row], stopper.finish[row])
-        else:
-            tokens = tokens[:budgets[i]]
-            end = next((t + 1 for t, token in enumerate(tokens) if token in stop), None)
-            chain = Chain(tokens[:end or len(tokens)], [end or len(tokens)], "budget" if end is None else "eos")
-        out[i][row % n] = chain
+                               stopping_criteria=StoppingCriteriaList([stopper] if stopper else []))
+    if stopper:  # it kept each row's tokens up to where its chain ended
+        for row, i in enumerate(rows):
+            out[i][row % n] = Chain(stopper.generated[row], stopper.thought_ends[row], stopper.finish[row])
+        return out
+    for row, (i, tokens) in enumerate(zip(rows, generated[:, ids.shape[1]:].tolist())):  # (prompts * n, new)
+        end = next((t + 1 for t, token in enumerate(tokens[:budgets[i]]) if token in stop), None)
+        kept = tokens[:end or budgets[i]]
+        out[i][row % n] = Chain(kept, [len(kept)], "budget" if end is None else "eos")
     return out
 

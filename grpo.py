@@ -178,10 +178,14 @@ class Rollout:
     finish: str = "eos"  # why its generation ended: answer, eos, max_thoughts or budget (see Chain)
     prompt_index: int = 0  # which of the step's prompts it answers; mini-batches split by prompt
     thought_ends: list[int] = dataclasses.field(default_factory=list)  # of response_ids (see Chain)
-    kind: str = "fresh"  # fresh, or suffix (of a reset)
     prefix_len: int = 0  # suffixes: how many of prompt_ids are the parent's prefix
     reset_step: int | None = None  # suffixes: the parent's step k that the suffix resamples
     prefix_thoughts: int = 0  # suffixes: thoughts of the parent that the prefix holds (k - 1 with a delimiter)
+
+    @property
+    def kind(self) -> str:
+        """fresh, or suffix (of a reset)."""
+        return "fresh" if self.reset_step is None else "suffix"
 
     @property
     def truncated(self) -> bool:
@@ -218,15 +222,13 @@ class Policy:
     def text(self, ids: list[int]) -> str:
         return localize.decode(self.tokenizer, ids)
 
-    def remember(self, kind: str, prompt_index: int, response_ids: list[int], finish: str, n_thoughts=None,
+    def remember(self, kind: str, prompt_index: int, ids: list[int], finish: str, n_thoughts=None,
                  reward=None) -> None:
         """Keep a sequence that is sampled but not trained on (a parent, a localization reply)
         for --dump-rollouts."""
         if self.cfg.dump_rollouts:
-            self.untrained.append({"kind": kind, "prompt_index": prompt_index, "reward": reward,
-                                   "text": self.text(response_ids), "finish": finish, "n_thoughts": n_thoughts,
-                                   "new_tokens": len(response_ids), "prefix_tokens": 0, "reset_step": None,
-                                   "prefix_text": None})
+            self.untrained.append(dict(kind=kind, prompt_index=prompt_index, ids=ids, finish=finish,
+                                       n_thoughts=n_thoughts, reward=reward))
 
     def score(self, examples: list[dict], responses: list[list[int]]) -> list[float]:
         return rewards(examples, [self.text(ids) for ids in responses])

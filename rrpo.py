@@ -154,7 +154,7 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
     for i, example, prefix, group, steps, k, n in zip(parents, reset_examples, prefixes, suffixes, parent_steps,
                                                       reset_steps, used):
         group_rollouts = [grpo.Rollout(example["prompt_ids"] + prefix, chain.ids, next(scores), suffix_group(i),
-                                       chain.finish, i, chain.thought_ends, "suffix", len(prefix), k, n)
+                                       chain.finish, i, chain.thought_ends, len(prefix), k, n)
                           for chain in group]
         rollouts += group_rollouts
         record_reset(diagnostics, example, steps, k, [r.reward for r in group_rollouts])

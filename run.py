@@ -235,14 +235,19 @@ def dump_rollouts(path: Path, step: int, rollouts, advantages: list[float], poli
     """Every sequence sampled in a step, one JSON line each: trained rollouts with their reward
     and advantage, and the untrained ones (parents, localization replies). Written by rank 0."""
     per_rank = policy.cfg.prompts_per_step // world  # indices made global: rank r holds prompts r*per_rank...
-    records = [{"step": step, "prompt_index": rank * per_rank + r.prompt_index, "kind": r.kind,
-                "group": rank * 2 * per_rank + r.group, "reward": r.reward, "advantage": advantage,
-                "text": policy.text(r.response_ids), "finish": r.finish, "n_thoughts": r.n_thoughts,
-                "new_tokens": len(r.response_ids), "prefix_tokens": r.prefix_len, "reset_step": r.reset_step,
-                "prefix_text": policy.text(r.prompt_ids[len(r.prompt_ids) - r.prefix_len:]) if r.prefix_len else None}
+
+    def line(kind, prompt_index, ids, finish, n_thoughts, reward, group=None, advantage=None, prefix_ids=(),
+             reset_step=None):
+        return {"step": step, "prompt_index": rank * per_rank + prompt_index, "kind": kind,
+                "group": None if group is None else rank * 2 * per_rank + group, "reward": reward,
+                "advantage": advantage, "text": policy.text(ids), "finish": finish, "n_thoughts": n_thoughts,
+                "new_tokens": len(ids), "prefix_tokens": len(prefix_ids), "reset_step": reset_step,
+                "prefix_text": policy.text(prefix_ids) if prefix_ids else None}
+
+    records = [line(r.kind, r.prompt_index, r.response_ids, r.finish, r.n_thoughts, r.reward, r.group, advantage,
+                    r.prompt_ids[len(r.prompt_ids) - r.prefix_len:], r.reset_step)
                for r, advantage in zip(rollouts, advantages)]
-    records += [{"step": step, "group": None, "advantage": None, **record,
-                 "prompt_index": rank * per_rank + record["prompt_index"]} for record in policy.untrained]
+    records += [line(**untrained) for untrained in policy.untrained]
     if dist.is_initialized():
         every = [None] * world
         dist.all_gather_object(every, records)

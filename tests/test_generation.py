@@ -53,7 +53,7 @@ def run_stopper(tokenizer, sequences, budget, max_thought_tokens, max_thoughts, 
         done = stopper(rows[:, :prompt_width + t], None)
         if done.all():
             break
-    return [(s[:stopper.length[i]], stopper.thought_ends[i], stopper.finish[i]) for i, s in enumerate(sequences)]
+    return [(stopper.generated[i], stopper.thought_ends[i], stopper.finish[i]) for i in range(len(sequences))]
 
 
 TEXTS = [
