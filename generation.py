@@ -138,9 +138,12 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     `max_thoughts` are one number, or one per prompt: a reset suffix gets what its parent's
     prefix left of them. A prompt left no room for a whole thought gets empty responses.
 
-    Each prompt is prefilled once and its KV cache copied to its n samples, instead of
-    prefilling the same prompt n times. The cache covers all but the last prompt token:
+    With n > 1, each prompt is prefilled once and its KV cache copied to its n samples, instead
+    of prefilling the same prompt n times. The cache covers all but the last prompt token:
     `generate` must still be fed at least one new token, else it has no logits to start from.
+    The prefill keeps the logits of one position only (the lm head on every prompt position
+    would cost a third of the prefill on a 49k vocabulary, for logits nobody reads). With
+    n = 1 there is nothing to share, and `generate` prefills by itself.
     """
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     thoughts = max_thoughts if isinstance(max_thoughts, list) else [max_thoughts] * len(prompts)
@@ -152,11 +155,14 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
         return out
     ids, mask = left_pad([prompts[i] for i in live], tokenizer.pad_token_id, model.device)  # (prompts, seq)
     # Recent transformers call the KV cache argument `cache`; earlier 5.x call it `past_key_values`.
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    cache = DynamicCache(config=model.config)
-    if ids.shape[1] > 1:
+    forward_args = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+    cache = None
+    if n > 1 and ids.shape[1] > 1:
+        cache = DynamicCache(config=model.config)
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
-              use_cache=True, **{cache_arg: cache})
+              use_cache=True, **{cache_arg: cache}, **keep)
         cache.batch_repeat_interleave(n)
     stop = eos_ids(model, tokenizer)
     rows = [i for i in live for _ in range(n)]  # the prompt of each generated row
@@ -171,7 +177,7 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
         top_p=top_p if not greedy else None, top_k=0 if not greedy else None, repetition_penalty=1.0,
         max_new_tokens=max(budgets[i] for i in live), pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
     generated = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
-                               **{cache_arg: cache if ids.shape[1] > 1 else None}, generation_config=gen_config,
+                               **{cache_arg: cache}, generation_config=gen_config,
                                stopping_criteria=StoppingCriteriaList([stopper] if stopper else []))
     if stopper:  # it kept each row's tokens up to where its chain ended
         for row, i in enumerate(rows):
