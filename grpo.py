@@ -22,8 +22,8 @@ the passes repeat and the per-token term becomes PPO's clipped ratio, min(rho A,
 of the initial model. Evaluation (greedy pass@1) never uses a training problem unless asked to.
 
 Where this file deviates from the authors' code, and why:
-- All weights are trained, not LoRA adapters (r = 64), so the default lr for a pretrained model is
-  1e-6, not their 5e-5.
+- All weights are trained by default, not LoRA adapters, so the default lr for a pretrained model
+  is 1e-6, not their 5e-5; `--lora-rank 64 --lr 5e-5` is their setting.
 - The KV cache of a chain is kept across its thoughts (they re-prefill from a prefix cache): the
   same tokens, one `generate` call instead of one per thought.
 - The solver prompt goes through the chat template when the tokenizer has one (theirs is a raw
@@ -87,7 +87,8 @@ class Config:
     temperature: float = option(0.7, "sampling temperature; the log-probs are computed at the same "
                                      "temperature")
     top_p: float = option(0.95, "nucleus sampling")
-    lr: float | None = option(None, "peak learning rate of AdamW; default 5e-5 for the toy model, else 1e-6")
+    lr: float | None = option(None, "peak learning rate of AdamW; default 5e-5 for the toy model and LoRA "
+                                             "(the paper), else 1e-6")
     weight_decay: float = option(0.01, "AdamW weight decay")
     warmup_steps: int = option(0, "linear warmup steps")
     lr_schedule: str = option("constant", "after warmup: constant or cosine", choices=["constant", "cosine"])
@@ -104,9 +105,14 @@ class Config:
                                         "{out}/rollouts/step-{N}.jsonl")
     resume: bool = option(False, "continue from the newest complete checkpoint in --out")
     seed: int = option(0, "seeds data order, sampling and initialisation of everything random")
-    dtype: str = option("float32", "weights: float32 (bf16 autocast on GPU) or bfloat16",
-                        choices=["float32", "bfloat16"])
-    grad_checkpointing: bool = option(False, "trade compute for memory in the training forward")
+    lora_rank: int = option(0, "LoRA rank on every linear layer but the lm head (the paper: 64); 0 trains "
+                               "all weights. Needs `pip install peft`")
+    lora_alpha: float = option(64.0, "LoRA scale alpha (the update is alpha / rank * B A); the paper: 64")
+    dtype: str = option("auto", "weights: auto = float32 for a full fine-tune (bf16 autocast on GPU) and "
+                                "bfloat16 frozen base weights for LoRA on GPU; or float32, bfloat16",
+                        choices=["auto", "float32", "bfloat16"])
+    grad_checkpointing: bool | None = option(None, "recompute activations in the backward pass to save "
+                                                   "memory; default: on for models over 1B parameters")
     micro_batch: int = option(8, "sequences per training forward; bounds the memory")
 
     def __post_init__(self):
@@ -118,7 +124,7 @@ class Config:
         self.mini_batches = self.mini_batches or (1 if toy else None)  # None: see train_on_rollouts
         self.max_new_tokens = self.max_new_tokens or (96 if toy else 4096)
         self.max_thought_tokens = min(self.max_thought_tokens or (16 if toy else 256), self.max_new_tokens)
-        self.lr = self.lr or (5e-5 if toy else 1e-6)
+        self.lr = self.lr or (5e-5 if toy or self.lora_rank else 1e-6)
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -391,7 +397,8 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     torch.manual_seed(cfg.seed)
     model, tokenizer = run.load_model(cfg, device, checkpoint)
     ref_model = run.load_model(cfg, device)[0].eval().requires_grad_(False) if cfg.beta > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
     if state:
         optimizer.load_state_dict(state["optimizer"])
     context = getattr(model.config, "max_position_embeddings", 10**9)

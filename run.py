@@ -48,9 +48,10 @@ def resolve_model_name(name: str) -> str:
                      f"'HuggingFaceTB/{name}'), a local folder, or a .gguf file.")
 
 
-def load_model(cfg, device, path: Path | None = None):
+def load_model(cfg, device, path: Path | None = None, lora: bool = True):
     """The policy and its tokenizer (from `path`, a checkpoint, instead of cfg.model if given).
-    Left padding: generation appends on the right."""
+    Left padding: generation appends on the right. With --lora-rank (and `lora`), the base model
+    is always cfg.model, and a checkpoint's adapter is loaded on top of it."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +60,8 @@ def load_model(cfg, device, path: Path | None = None):
 
         model, tokenizer = toy.load_baby_model()
     else:
-        name, extra, model_extra = resolve_model_name(str(path or cfg.model)), {}, {}
+        source = cfg.model if cfg.lora_rank and lora else (path or cfg.model)
+        name, extra, model_extra = resolve_model_name(str(source)), {}, {}
         if name.endswith(".gguf"):
             name, extra = str(Path(name).parent), {"gguf_file": Path(name).name}
             if hasattr(transformers, "GgufConfig"):  # else recent versions may keep untrainable GGUF blocks
@@ -68,15 +70,80 @@ def load_model(cfg, device, path: Path | None = None):
             tokenizer = AutoTokenizer.from_pretrained(name, **extra)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **extra, **model_extra)
         except (OSError, ValueError) as error:
-            raise SystemExit(f"Cannot load the model '{path or cfg.model}': {error}") from None
+            raise SystemExit(f"Cannot load the model '{source}': {error}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model.to(device=device, dtype=getattr(torch, cfg.dtype))
-    if cfg.grad_checkpointing:  # renamed activation_checkpointing_enable in recent transformers
-        enable = getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)
-        enable()
+    model.to(device=device, dtype=weights_dtype(cfg, device, lora))
+    if cfg.lora_rank and lora:
+        add_lora(model, cfg, path)
+    if cfg.grad_checkpointing or (cfg.grad_checkpointing is None and model.num_parameters() > 1e9):
+        # Non-reentrant: it also works when no input of a block needs grad (frozen LoRA embeddings).
+        if hasattr(model, "activation_checkpointing_enable"):  # the name in recent transformers
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
+
+
+def weights_dtype(cfg, device, lora: bool = True) -> torch.dtype:
+    """--dtype auto: float32 weights for a full fine-tune, with bf16 autocast on GPU: AdamW's
+    updates at lr 1e-6 are below bf16's resolution (8 bits of mantissa) and would round away.
+    For LoRA on GPU the base weights are frozen, so bf16 loses nothing and halves their memory;
+    the adapters stay float32 (add_lora)."""
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    return torch.bfloat16 if cfg.lora_rank and lora and device.type == "cuda" else torch.float32
+
+
+def add_lora(model, cfg, checkpoint: Path | None = None) -> None:
+    """LoRA adapters (rank cfg.lora_rank, scale cfg.lora_alpha / rank) on every linear layer but
+    the lm head, as in the paper; only they train. The model stays a plain transformers model
+    (peft's layers are injected in place), so sampling and log-probs use the adapted weights."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    except ImportError:
+        raise SystemExit("--lora-rank needs peft: pip install peft (or pip install -e '.[lora]').") from None
+    from safetensors.torch import load_file
+
+    config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                        base_model_name_or_path=resolve_model_name(cfg.model) if cfg.model != "toy" else None)
+    inject_adapter_in_model(config, model)
+    for parameter in model.parameters():
+        if parameter.requires_grad:  # only the adapters: float32, whatever the base weights are
+            parameter.data = parameter.data.float()
+    if checkpoint is not None:
+        adapter = checkpoint / "adapter" / "adapter_model.safetensors"
+        if not adapter.exists():
+            raise SystemExit(f"'{checkpoint}' holds no LoRA adapter ({adapter} is missing): it was not "
+                             "saved by a --lora-rank run. Resume it without --lora-rank.")
+        set_peft_model_state_dict(model, load_file(adapter, device=str(model.device)))
+
+
+def lora_layers(model) -> dict:
+    """The LoRA-wrapped layers of a model, by name (none for a full fine-tune)."""
+    if not hasattr(model, "peft_config"):
+        return {}
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return {name: module for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
+
+
+def merged_state_dict(model, layers: dict) -> dict:
+    """The weights of a LoRA model with each adapter folded in, W + alpha/r B A, under the plain
+    model's names: what `from_pretrained` of the base architecture expects."""
+    merged = {}
+    for key, tensor in model.state_dict().items():
+        if ".lora_" in key:
+            continue
+        if ".base_layer." in key:
+            layer, _, param = key.partition(".base_layer.")
+            if param == "weight":
+                delta = layers[layer].get_delta_weight("default")
+                tensor = (tensor.float() + delta.float()).to(tensor.dtype)
+            key = f"{layer}.{param}"
+        merged[key] = tensor
+    return merged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +367,20 @@ def newest_checkpoint(out: Path) -> Path | None:
 def save_checkpoint(model, tokenizer, optimizer, state: dict, out: Path) -> Path:
     final, partial = out / f"checkpoint-{state['step']}", out / f".partial-checkpoint-{state['step']}"
     shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
+    layers = lora_layers(model)
+    if layers:
+        # The adapter, in peft's format, is what --resume loads (on the base model); the merged
+        # model beside it loads in plain transformers: from_pretrained("checkpoint-N").
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        (partial / "adapter").mkdir(parents=True)
+        adapter = {key: value.detach().cpu().contiguous() for key, value in get_peft_model_state_dict(model).items()}
+        save_file(adapter, partial / "adapter" / "adapter_model.safetensors")
+        model.peft_config["default"].save_pretrained(partial / "adapter")
+        model.save_pretrained(partial, state_dict=merged_state_dict(model, layers))
+    else:
+        model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     torch.save({"optimizer": optimizer.state_dict(), **state}, partial / "trainer_state.pt")
     shutil.rmtree(final, ignore_errors=True)
@@ -334,7 +414,7 @@ def parse_config(config_class, argv=None):
     parser = argparse.ArgumentParser(description=sys.modules[config_class.__module__].__doc__.split("\n")[0])
     for f in dataclasses.fields(config_class):
         flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
-        if f.type is bool:
+        if f.type in (bool, bool | None):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
             kind = next((t for t in (int, float) if f.type in (t, t | None)), str)
