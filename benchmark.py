@@ -5,18 +5,29 @@ a rotating order, from the same starting weights; the table reports the median t
 the tokens generated. RRPO and SRPO sample extra sequences that GRPO does not: the parent search,
 the localization pass (SRPO) and suffixes that start mid-solution.
 
+With --trl, TRL's GRPOTrainer runs the same work (same model, prompts, group size, token budget,
+one optimizer step per batch, the same --beta) and its steps are timed the same way; its first step
+is a warm-up and is not counted. TRL always runs the backward pass, while ours skips rollouts with
+zero advantage (and the whole update when every group has equal rewards): with --beta > 0 both
+train on every rollout, which is equal work whatever the rewards. With --sampling, the table compares ways to sample the rollouts of a
+step instead: plain `generate` with every prompt repeated n times, ours (`generation.sample`:
+each prompt prefilled once), and `generate` with a static cache compiled by torch.compile (GPU).
+
     python benchmark.py                                   # the toy model, CPU
-    python benchmark.py --model path/to/SmolLM2-135M-Instruct.Q4_1.gguf --dataset gsm8k.jsonl
+    python benchmark.py --model path/to/SmolLM2-135M-Instruct.Q4_1.gguf --dataset gsm8k.jsonl --trl
+    python benchmark.py --model path/to/model --dataset gsm8k.jsonl --sampling
 """
 import copy
 import random
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
 import data
+import generation
 import grpo
 import rrpo
 import run
@@ -32,26 +43,37 @@ METHODS = {
 @dataclass
 class BenchConfig(srpo.SRPOConfig):
     repeats: int = grpo.option(3, "steps measured per method; the table shows medians")
+    methods: str = grpo.option("grpo,rrpo,srpo", "methods to time, comma-separated")
+    trl: bool = grpo.option(False, "also time TRL's GRPOTrainer on the same work (pip install trl)")
+    sampling: bool = grpo.option(False, "compare ways of sampling a step's rollouts instead of steps")
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def measure(cfg: BenchConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = run.load_model(cfg, device)
+    ref_model = run.load_model(cfg, device)[0].eval().requires_grad_(False) if cfg.beta > 0 else None
     start_weights = copy.deepcopy(model.state_dict())
     examples, _ = data.tokenize_prompts(run.load_examples(cfg.dataset, True, cfg), tokenizer, cfg.max_new_tokens,
                                         getattr(model.config, "max_position_embeddings", 10**9))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     policy = grpo.Policy(model, tokenizer, cfg)
-    results = {name: {"rollout_s": [], "train_s": [], "tokens": []} for name in METHODS}
+    methods = cfg.methods.split(",")
+    if unknown := set(methods) - set(METHODS):
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}; choose among {', '.join(METHODS)}.")
+    results = {name: {"rollout_s": [], "train_s": [], "tokens": []} for name in methods}
     for repeat in range(cfg.repeats):
         batch = run.step_examples(examples, repeat + 1, cfg, 0, 1)
-        names = list(METHODS)[repeat % 3:] + list(METHODS)[:repeat % 3]
+        names = methods[repeat % len(methods):] + methods[:repeat % len(methods)]
         for name in names:
             model.load_state_dict(start_weights)
             torch.manual_seed(repeat)
             policy.tokens_generated = 0
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             begin = time.perf_counter()
             model.eval()
             rollouts, _ = METHODS[name](policy, batch, random.Random(repeat))
@@ -59,23 +81,126 @@ def measure(cfg: BenchConfig) -> dict:
             model.train()
             advantages = grpo.group_advantages(torch.tensor([r.reward for r in rollouts]),
                                                torch.tensor([r.group for r in rollouts]))
-            grpo.train_on_rollouts(model, None, optimizer, rollouts, advantages, cfg, tokenizer.pad_token_id, device)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            grpo.train_on_rollouts(model, ref_model, optimizer, rollouts, advantages, cfg, tokenizer.pad_token_id, device)
+            synchronize(device)
             results[name]["rollout_s"].append(middle - begin)
             results[name]["train_s"].append(time.perf_counter() - middle)
             results[name]["tokens"].append(policy.tokens_generated)
+    if cfg.trl:
+        model.load_state_dict(start_weights)
+        results["trl"] = trl_steps(cfg, model, tokenizer, examples, device)
     return {name: {key: statistics.median(values) for key, values in r.items()} for name, r in results.items()}
+
+
+def trl_steps(cfg: BenchConfig, model, tokenizer, examples: list[dict], device) -> dict:
+    """TRL's GRPOTrainer on the prompts our steps use: per step its time and tokens generated."""
+    try:
+        from datasets import Dataset
+        from transformers import TrainerCallback
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError:
+        raise SystemExit("--trl needs TRL: pip install trl") from None
+
+    batches = [run.step_examples(examples, step, cfg, 0, 1) for step in range(cfg.repeats + 1)]
+    rows = [{"prompt": tokenizer.decode(ex["prompt_ids"]), "index": i}
+            for i, ex in enumerate(ex for batch in batches for ex in batch)]
+    by_index = [ex for batch in batches for ex in batch]
+
+    def reward(prompts, completions, index, **kwargs):  # the same answer checking as ours
+        return data.rewards([by_index[i] for i in index], completions)
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self.tokens, self.begin = [], [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.times.append(time.perf_counter() - self.begin)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "completions/mean_length" in logs:
+                self.tokens.append(logs["completions/mean_length"] * cfg.prompts_per_step * cfg.group_size)
+
+    timer = Timer()
+    with tempfile.TemporaryDirectory() as out:
+        # One optimizer step per batch of prompts_per_step x group_size completions, generated
+        # at once; micro-batches of one group, as our --micro-batch does by default.
+        args = GRPOConfig(
+            output_dir=out, max_steps=cfg.repeats + 1, learning_rate=cfg.lr, per_device_train_batch_size=cfg.group_size,
+            gradient_accumulation_steps=cfg.prompts_per_step, num_generations=cfg.group_size,
+            max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta,
+            loss_type="grpo", logging_steps=1, report_to=[], save_strategy="no", use_cpu=device.type != "cuda",
+            bf16=device.type == "cuda", gradient_checkpointing=bool(model.is_gradient_checkpointing),
+            shuffle_dataset=False, seed=cfg.seed)
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
+                              processing_class=tokenizer, callbacks=[timer])
+        trainer.train()
+    # The first step is a warm-up (our methods' first repeats run after the model's first forward too).
+    # TRL's timing covers the whole step: generation and update are not separated.
+    return {"rollout_s": [0.0] * cfg.repeats, "train_s": timer.times[1:], "tokens": timer.tokens[1:]}
+
+
+def sampling_speeds(cfg: BenchConfig) -> dict:
+    """Seconds to sample one step's rollouts (prompts_per_step x group_size, greedy so every way
+    makes the same tokens, up to --max-new-tokens) and decode steps per second, for each way of
+    sampling, with n = 1 (prompts_per_step distinct prompts, as in evaluation) and n = group_size."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = run.load_model(cfg, device)
+    model.eval()
+    examples, _ = data.tokenize_prompts(run.load_examples(cfg.dataset, True, cfg), tokenizer, cfg.max_new_tokens,
+                                        getattr(model.config, "max_position_embeddings", 10**9))
+    prompts = [ex["prompt_ids"] for ex in run.step_examples(examples, 1, cfg, 0, 1)]
+    budget = cfg.max_new_tokens
+
+    def ours(batch, n):  # returns the decode steps it took: its longest response
+        chains = generation.sample(model, tokenizer, batch, n, budget, greedy=True)
+        return max(len(chain.ids) for group in chains for chain in group)
+
+    def plain(batch, n, **extra):
+        ids, mask = generation.left_pad([p for p in batch for _ in range(n)], tokenizer.pad_token_id, device)
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos), **extra)
+        return out.shape[1] - ids.shape[1]
+
+    eos = generation.eos_ids(model, tokenizer)
+
+    ways = {"plain generate": plain, "ours (prefix shared)": ours}
+    if device.type == "cuda":
+        ways["generate, static cache, compiled"] = lambda batch, n: plain(batch, n, cache_implementation="static")
+    table = {}
+    for n, batch in ((1, prompts), (cfg.group_size, prompts)):
+        for name, way in ways.items():
+            way(batch, n)  # warm-up, on the same shapes: a static cache compiles for each
+            synchronize(device)
+            begin = time.perf_counter()
+            steps = way(batch, n)
+            synchronize(device)
+            seconds = time.perf_counter() - begin
+            table[(name, n)] = {"s": seconds, "steps_per_s": steps / seconds, "rows": len(batch) * n}
+    return table
 
 
 if __name__ == "__main__":
     cfg = run.parse_config(BenchConfig)
+    if cfg.sampling:
+        speeds = sampling_speeds(cfg)
+        print(f"\nsampling {cfg.max_new_tokens} tokens per row, greedy:\n")
+        print("| way | n per prompt | rows | seconds | decode steps/s | tokens/s |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for (name, n), r in speeds.items():
+            print(f"| {name} | {n} | {r['rows']} | {r['s']:.2f} | {r['steps_per_s']:.1f} | "
+                  f"{r['steps_per_s'] * r['rows']:.0f} |")
+        raise SystemExit
     table = measure(cfg)
-    base = table["grpo"]["rollout_s"] + table["grpo"]["train_s"]
+    base = next(r["rollout_s"] + r["train_s"] for r in table.values())
     print(f"\none step, {cfg.prompts_per_step} prompts x {cfg.group_size} scored rollouts, median of {cfg.repeats}:\n")
-    print("| method | rollout s | update s | step s | vs GRPO | tokens generated |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| method | rollout s | update s | step s | vs {list(table)[0]} | tokens generated | tokens/s of step |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in table.items():
         step = r["rollout_s"] + r["train_s"]
-        print(f"| {name} | {r['rollout_s']:.2f} | {r['train_s']:.2f} | {step:.2f} | {step / base:.2f}x | "
-              f"{r['tokens']:.0f} |")
+        phases = "- | -" if name == "trl" else f"{r['rollout_s']:.2f} | {r['train_s']:.2f}"  # TRL's are not split
+        print(f"| {name} | {phases} | {step:.2f} | {step / base:.2f}x | {r['tokens']:.0f} | {r['tokens'] / step:.0f} |")
