@@ -443,6 +443,8 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
         record.update(loss=loss, grad_norm=grad_norm, lr=run.lr_at(step, cfg), skipped=skipped_reason,
                       rollout_s=rollout_s, train_s=train_s, samples_seen=samples_seen,
                       tokens_generated=int(tokens))
+        if device.type == "cuda":
+            record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
             last_acc = record["eval_acc"] = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device)
         record["step_s"] = time.time() - step_start

@@ -11,6 +11,9 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# RESETS_TEST_DEVICE=cuda puts the tiny models on a GPU: for the generation-equivalence tests
+# (`-k "equals_plain or stopping or budgets or free_text"`); the training tests assume the CPU.
+TEST_DEVICE = torch.device(os.environ.get("RESETS_TEST_DEVICE", "cpu"))
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eos|>{% endfor %}"
@@ -58,7 +61,7 @@ def make_model(tokenizer, seed=0, **overrides):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
     )
     config = Qwen2Config(**{**settings, **overrides})
-    return Qwen2ForCausalLM(config).eval()
+    return Qwen2ForCausalLM(config).eval().to(TEST_DEVICE)
 
 
 @pytest.fixture(scope="session")

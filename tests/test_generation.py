@@ -143,7 +143,7 @@ def thought_model(thought_tokenizer):
         head.bias[thought_tokenizer.convert_tokens_to_ids(DELIMITER)] = 6.0
         head.bias[thought_tokenizer.convert_tokens_to_ids("\\boxed{")] = 3.0
         head.bias[thought_tokenizer.eos_token_id] = 3.0
-    model.lm_head = head
+    model.lm_head = head.to(model.device)
     return model.eval()
 
 
@@ -158,7 +158,7 @@ def test_generation_with_stopping_equals_plain_generate_cut_by_the_rule(
     prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
     chains = generation.sample(thought_model, tokenizer, prompts, 2, budget, greedy=True,
                          max_thought_tokens=max_thought_tokens, max_thoughts=max_thoughts)
-    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, thought_model.device)
     plain = thought_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     finishes = set()
@@ -183,7 +183,7 @@ def test_generation_with_stopping_on_smollm2(smollm2_model, smollm2_tokenizer):
     budget, max_thought_tokens = 40, 12
     chains = generation.sample(model, tokenizer, prompts, 1, budget, greedy=True, max_thought_tokens=max_thought_tokens,
                          max_thoughts=3)
-    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, thought_model.device)
     plain = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     stop = generation.eos_ids(model, tokenizer)

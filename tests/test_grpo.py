@@ -84,7 +84,7 @@ def test_response_logprobs_match_naive_computation(chaotic_model):
     temperature = 0.7
     logprobs, mask = grpo.response_logprobs(chaotic_model, rollouts, pad_id=0, temperature=temperature)
     for row, r in enumerate(rollouts):
-        ids = torch.tensor([r.prompt_ids + r.response_ids])
+        ids = torch.tensor([r.prompt_ids + r.response_ids], device=chaotic_model.device)
         full = torch.log_softmax(chaotic_model(ids).logits[0].float() / temperature, -1)  # (seq, vocab)
         expected = [full[len(r.prompt_ids) - 1 + j, t].item() for j, t in enumerate(r.response_ids)]
         got = logprobs[row][mask[row]].tolist()
