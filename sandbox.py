@@ -2,9 +2,12 @@
 
 `run_tests(program, tests)` runs a Python program, a policy's completion, on stdin/stdout tests or
 on LiveCodeBench's function-call tests and returns one `Verdict` per test. The program runs in a
-supervisor process of its own, which forks one child per test under limits on time, memory, output
-and processes; started as root, each program also gets a uid of its own. The README ("How a program
-runs", "What is isolated") says what this guards against and what it does not.
+supervisor process of its own, which forks one child per test under limits on time, memory, output,
+open files and processes. Where Linux allows it, the program also gets a private view of the
+machine (namespaces): the Python installation read-only and nothing else of the file system, an
+empty working directory, /tmp and /dev/shm of bounded size for each test, no processes but its own,
+and no network but its own loopback. Started as root, each program also gets a uid of its own. The
+README ("How a program runs", "What is isolated") says what this guards against and what it does not.
 
 Nothing here is about GRPO, RRPO or SRPO: a reader of the algorithms can skip this file.
 """
@@ -15,11 +18,18 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from typing import NamedTuple
 
 SANDBOX_UID_BASE = 100_000  # started as root, a program runs as uid SANDBOX_UID_BASE + supervisor pid
 MAX_OUTPUT_BYTES = 1 << 20  # a program's output (and any file it writes) is cut at this size
 MAX_PROCESSES = 8  # processes and threads a program may run at once (it counts as one)
+MAX_OPEN_FILES = 64  # per process; with MAX_OUTPUT_BYTES, this bounds what memfds and pipes can hold
+MAX_DIRECTORY_BYTES = 16 << 20  # with namespaces: what its working directory, /tmp and /dev/shm each hold
+# Run each program in Linux namespaces of its own (set False to skip them). run_tests sets it to
+# False, with a warning, the first time the machine refuses them; the other limits still apply.
+NAMESPACES = True
+NAMESPACES_REFUSED = 3  # the supervisor's exit status when it cannot set the namespaces up
 
 
 class Verdict(NamedTuple):
@@ -61,18 +71,21 @@ def returns_match(expected: str, actual: str) -> bool:
 # The supervisor: a fresh interpreter (`python -I -S`: standard library only, no PYTHON* variables,
 # no current directory on sys.path) that run_tests starts in a temporary directory and a session of
 # its own. It forks one child per test, so every test starts from the same clean state and the
-# program's parent is the supervisor, never the trainer. Started as root, the supervisor stays root
-# (the program cannot signal it) and its children switch to a uid of their own; "kill every process
-# of that uid" then reaches processes that left the process group too. The supervisor is a child
-# subreaper: orphans of the program are re-parented to it, so once it has no children left, nothing
-# of the program is left. It never sees the expected outputs: it reports what the program printed or
-# returned, and run_tests judges.
+# program's parent is the supervisor, never the trainer. It never sees the expected outputs: it
+# reports what the program printed or returned, and run_tests judges.
+#
+# With namespaces, the supervisor is pid 1 of a PID namespace that holds nothing but it and the
+# program, in mount, network and IPC namespaces of its own (and a user namespace when not root, since
+# only root may create the others without one). Its root is a small read-only tmpfs mounted on the
+# temporary directory: the Python installation and /usr bound read-only, a few devices, /proc, and
+# mount points where each test gets fresh tmpfs. Its parent waits outside the PID namespace.
+#
+# Without namespaces, a root supervisor stays root (the program cannot signal it) and its children
+# switch to a uid of their own; "kill every process of that uid" then reaches processes that left
+# the process group too. The supervisor is a child subreaper: orphans of the program are re-parented
+# to it, so once it has no children left, nothing of the program is left.
 _SUPERVISOR = r'''
-import ctypes, json, os, resource, select, signal, sys, time
-
-# What the prelude below uses, imported once rather than in every child.
-import bisect, collections, copy, datetime, functools, heapq, io, itertools, math, operator, random
-import re, statistics, string, typing
+import ctypes, fcntl, json, os, resource, select, signal, struct, sys, time
 
 # The names LiveCodeBench's checker gives every program: LeetCode starter code uses `List` unimported.
 PRELUDE = """
@@ -98,8 +111,135 @@ import string, re, datetime, collections, heapq, bisect, copy, math, random, sta
 import itertools, functools, operator, io, sys, json
 sys.setrecursionlimit(50000)
 """
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x20000, 0x8000000, 0x10000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
+MS_PRIVATE = 1 << 18
+AF_INET, SOCK_DGRAM, SIOCSIFFLAGS, IFF_UP = 2, 2, 0x8914, 1
 libc = ctypes.CDLL(None, use_errno=True)
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+def checked(result, what):
+    """Raise OSError naming `what` when a libc call failed."""
+    if result != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+
+
+def mount(source, target, fstype=None, flags=0, options=None):
+    """mount(2), where any of the strings may be None."""
+    source, path, fstype, options = [text and text.encode() for text in (source, target, fstype, options)]
+    checked(libc.mount(source, path, fstype, flags, options), f"mount {target}")
+
+
+def bind_read_only(source, target):
+    mount(source, target, flags=MS_BIND | MS_REC)
+    # The remount keeps the flags the source has: a user namespace may not drop them.
+    kept = os.statvfs(target).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # ST_* equals MS_* for these
+    mount(None, target, flags=MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+
+
+def refuse_namespaces(error):
+    """Tell run_tests that this machine refuses the namespaces: it starts again without them."""
+    print(f"namespaces unavailable: {error}", file=sys.stderr)
+    sys.exit(job["namespaces_refused"])
+
+
+def enter_namespaces():
+    """Unshare mount, network, IPC and PID namespaces, inside a new user namespace unless root (in it
+    we are uid 0, with the capabilities to mount). The PID namespace is for the next child."""
+    uid, gid = os.getuid(), os.getgid()
+    flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWPID
+    checked(libc.unshare(flags if uid == 0 else flags | CLONE_NEWUSER), "unshare")
+    if uid != 0:
+        for name, mapping in [("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")]:
+            with open(f"/proc/self/{name}", "w") as file:
+                file.write(mapping)
+
+
+def build_root():
+    """Mount the program's view of the machine on the working directory and make it our root: /usr
+    and the Python installation read-only, a few devices, /etc/hosts, /proc of the PID namespace and
+    mount points for the per-test tmpfs. Nothing else of the machine: no project files, no data, no
+    other program's files. Network: loopback only."""
+    root = os.getcwd()
+    os.umask(0o022)  # what is made here, the program must be able to enter
+    mount(None, "/", flags=MS_REC | MS_PRIVATE)  # nothing mounted here reaches the machine
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    system = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
+    python = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
+    visible = []
+    for path in system + python:
+        if path in system and os.path.islink(path):
+            os.symlink(os.readlink(path), root + path)  # /bin -> usr/bin where /usr is merged
+        elif os.path.isdir(path) and not any(f"{path}/".startswith(f"{seen}/") for seen in visible):
+            os.makedirs(root + path)  # its parents (/root, say) are ours: the program may enter them
+            bind_read_only(path, root + path)
+            visible.append(path)
+    os.makedirs(f"{root}/dev/shm")
+    for name in ["null", "zero", "full", "random", "urandom"]:
+        open(f"{root}/dev/{name}", "w").close()
+        mount(f"/dev/{name}", f"{root}/dev/{name}", flags=MS_BIND)
+    for name, target in [("fd", ""), ("stdin", "/0"), ("stdout", "/1"), ("stderr", "/2")]:
+        os.symlink(f"/proc/self/fd{target}", f"{root}/dev/{name}")
+    os.makedirs(f"{root}/etc")
+    with open(f"{root}/etc/hosts", "w") as hosts:
+        hosts.write("127.0.0.1 localhost\n::1 localhost\n")
+    os.makedirs(f"{root}/proc")
+    mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(f"{root}/tmp")
+    os.makedirs(root + workdir, exist_ok=True)
+    mount(None, root, flags=MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    # Bring up loopback (a struct ifreq), through libc: importing `socket` would cost more than that.
+    sock = libc.socket(AF_INET, SOCK_DGRAM, 0)
+    fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", IFF_UP))
+    os.close(sock)
+    os.chroot(root)  # a chrooted process may not create user namespaces: the program cannot leave it
+    os.chdir(workdir)
+
+
+def private_directories():
+    """In the child, with namespaces: mount and IPC namespaces of its own, in which its working
+    directory, /tmp and /dev/shm are empty tmpfs of bounded size. They vanish with its last process:
+    nothing it writes outlives the test or reaches another program."""
+    checked(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+    owner = sandbox_uid or 0  # else uid 0 of its user namespace
+    for path, mode, uid in [("/tmp", "1777", 0), ("/dev/shm", "1777", 0), (workdir, "700", owner)]:
+        os.makedirs(path, exist_ok=True)  # the working directory lies in the new /tmp, usually
+        size = f"size={job['max_directory_bytes']},nr_inodes=1024"
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode={mode},uid={uid},gid={uid}")
+    os.chdir(workdir)
+
+
+def drop_capabilities():
+    """In a user namespace the program runs as its uid 0: it gets no capabilities, now or in what it
+    executes, so it cannot undo the mounts or leave its root."""
+    for capability in range(64):
+        libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0)  # fails past the last capability: fine
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+    checked(libc.capset(header, (ctypes.c_uint32 * 6)()), "capset")  # effective, permitted, inheritable
+
+
+def reach_python_through_descriptors():
+    """Without namespaces, the sandbox uid may be unable to reach the Python installation (one under
+    /root, say): it imports through directory descriptors opened now, as root, which need no access
+    to the parents. Packages already imported (encodings, json) import their modules lazily from
+    their __path__: it goes through the descriptors too."""
+    through = {path: f"/proc/self/fd/{os.open(path, os.O_RDONLY | os.O_DIRECTORY)}"
+               for path in sys.path if os.path.isdir(path)}
+
+    def reachable(path):
+        for directory, descriptor in through.items():
+            if f"{path}/".startswith(f"{directory}/"):
+                return descriptor + path[len(directory):]
+        return path
+
+    sys.path = list(through.values())
+    for module in list(sys.modules.values()):
+        if isinstance(getattr(module, "__path__", None), list):
+            module.__path__[:] = map(reachable, module.__path__)  # the same list as __spec__'s
 
 
 def processes_of(uid):
@@ -146,6 +286,12 @@ def kill_sandbox_uid():
 
 def kill_leftovers():
     """SIGKILL every process of the program that is still alive."""
+    if namespaces:
+        try:
+            os.kill(-1, signal.SIGKILL)  # from pid 1: every other process of the PID namespace
+        except ProcessLookupError:
+            pass  # nothing to kill
+        return
     if sandbox_uid is not None:
         return kill_sandbox_uid()
     # Without a uid of its own, the program is reached through the process groups of the
@@ -174,8 +320,11 @@ def end_program(child):
 
 
 def confine(input_fd, output_fd):
-    """In the child: the test's input as stdin, the output file as stdout, limits, then the uid."""
+    """In the child: its own directories, the test's input as stdin, the output file as stdout,
+    limits, then the uid (or, in a user namespace, no capabilities)."""
     os.setpgid(0, 0)
+    if namespaces:
+        private_directories()
     os.dup2(input_fd, 0)
     os.dup2(output_fd, 1)
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
@@ -186,6 +335,7 @@ def confine(input_fd, output_fd):
         (resource.RLIMIT_CPU, cpu_s),
         (resource.RLIMIT_AS, job["memory_mb"] << 20),
         (resource.RLIMIT_FSIZE, job["max_output_bytes"]),  # writing past it kills with SIGXFSZ
+        (resource.RLIMIT_NOFILE, job["max_open_files"]),
         (resource.RLIMIT_NPROC, max_processes),
         (resource.RLIMIT_CORE, 0),
     ]:
@@ -193,14 +343,14 @@ def confine(input_fd, output_fd):
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(limit, (value, value))
     if sandbox_uid is not None:
-        # The sandbox uid may be unable to reach the Python installation (one under /root, say):
-        # it imports through directory descriptors opened now, which need no access to the parents.
-        sys.path = [f"/proc/self/fd/{os.open(path, os.O_RDONLY | os.O_DIRECTORY)}"
-                    for path in sys.path if os.path.isdir(path)]
+        if not namespaces:
+            reach_python_through_descriptors()
         os.setgroups([])
         os.setgid(sandbox_uid)
         os.setuid(sandbox_uid)
         libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # else a uid switch makes /proc/self root's
+    elif namespaces:
+        drop_capabilities()
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid programs (su, sudo) cannot raise it again
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # after setuid, which clears it
     sys.stdin = open(0, encoding="utf-8", closefd=False)
@@ -266,15 +416,38 @@ def run_test(test):
 link_in = os.fdopen(os.dup(0), "rb")  # from run_tests: the job, then a line for each test to run
 link_out = os.fdopen(os.dup(1), "wb")  # to run_tests: a JSON line for each test run
 job = json.loads(link_in.readline())
-libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-if os.getuid() == 0:
-    sandbox_uid = job["sandbox_uid_base"] + os.getpid()  # no other live supervisor has this pid
-    max_processes = job["max_processes"]
-    os.chown(".", sandbox_uid, sandbox_uid)  # the working directory is the program's
-    kill_sandbox_uid()  # checks the switch works, and clears what a crashed predecessor left
+namespaces, workdir = job["namespaces"], os.getcwd()
+# Started as root, the program gets a uid of its own (no other live supervisor has this pid).
+sandbox_uid = job["sandbox_uid_base"] + os.getpid() if os.getuid() == 0 else None
+if namespaces:
+    try:
+        enter_namespaces()
+    except OSError as error:
+        refuse_namespaces(error)
+    supervisor = os.fork()
+    if supervisor:  # outside the PID namespace: wait for its pid 1, the supervisor; pass on its status
+        status = os.waitstatus_to_exitcode(os.waitpid(supervisor, 0)[1])
+        os._exit(status if status >= 0 else 128 - status)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1 gets no signal it does not handle from inside
+    try:
+        build_root()
+    except OSError as error:
+        refuse_namespaces(error)
+    # RLIMIT_NPROC counts per user namespace: in ours (not root), this process and its parent count too.
+    max_processes = job["max_processes"] + (0 if sandbox_uid is not None else 2)
 else:
-    sandbox_uid = None
-    max_processes = processes_of(os.getuid()) + job["max_processes"]  # RLIMIT_NPROC counts them all
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    if sandbox_uid is not None:
+        os.chown(".", sandbox_uid, sandbox_uid)  # the working directory is the program's
+        max_processes = job["max_processes"]
+    else:
+        max_processes = processes_of(os.getuid()) + job["max_processes"]  # RLIMIT_NPROC counts them all
+if sandbox_uid is not None:
+    kill_sandbox_uid()  # checks the switch works, and clears what a crashed predecessor left
+# What the prelude uses, imported once rather than in every child (and after the fork above).
+import bisect, collections, copy, datetime, functools, heapq, io, itertools, math, operator, random
+import re, statistics, string, typing
 for test in job["tests"]:
     if not link_in.readline():
         break  # run_tests wants no more tests
@@ -323,8 +496,34 @@ def run_tests(program: str, tests: list[dict], timeout_s: float = 2.0, memory_mb
         "program": program,
         "tests": [{"input": test["input"], "fn_name": test.get("fn_name")} for test in tests],
         "timeout_s": timeout_s, "memory_mb": memory_mb, "max_output_bytes": MAX_OUTPUT_BYTES,
+        "max_open_files": MAX_OPEN_FILES, "max_directory_bytes": MAX_DIRECTORY_BYTES,
         "max_processes": MAX_PROCESSES, "sandbox_uid_base": SANDBOX_UID_BASE,
+        "namespaces": NAMESPACES, "namespaces_refused": NAMESPACES_REFUSED,
     }
+    results, returncode, stderr = _supervise(job, tests, timeout_s, stop_at_first_failure)
+    if job["namespaces"] and returncode == NAMESPACES_REFUSED:
+        _stop_using_namespaces(stderr.decode(errors="replace").strip())
+        job["namespaces"] = False
+        results, returncode, stderr = _supervise(job, tests, timeout_s, stop_at_first_failure)
+    if returncode > 0:
+        raise RuntimeError(f"the code checker failed:\n{stderr.decode(errors='replace')}")
+    return results + [Verdict(False, "not run")] * (len(tests) - len(results))
+
+
+def _stop_using_namespaces(reason: str) -> None:
+    """Run the next programs without namespaces, and say so once."""
+    global NAMESPACES
+    if NAMESPACES:
+        NAMESPACES = False
+        warnings.warn(f"the code sandbox runs programs without namespaces ({reason}): they can read "
+                      "what any user can read and use the network; see 'What is isolated' in the README",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _supervise(job: dict, tests: list[dict], timeout_s: float,
+               stop_at_first_failure: bool) -> tuple[list[Verdict], int, bytes]:
+    """Start a supervisor on `job` and judge its reports; the verdicts so far, its exit status and
+    what it wrote to stderr."""
     results = []
     with tempfile.TemporaryDirectory(prefix="run-tests-", ignore_cleanup_errors=True) as workdir:
         supervisor = subprocess.Popen(
@@ -351,6 +550,4 @@ def run_tests(program: str, tests: list[dict], timeout_s: float = 2.0, memory_mb
         finally:
             _, stderr = supervisor.communicate()  # closes its stdin: it stops and exits
             backstop.cancel()
-    if supervisor.returncode > 0:
-        raise RuntimeError(f"the code checker failed:\n{stderr.decode(errors='replace')}")
-    return results + [Verdict(False, "not run")] * (len(tests) - len(results))
+    return results, supervisor.returncode, stderr

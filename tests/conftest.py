@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny tokenizer and model built in code, the offline SmolLM2 GGUF, and the
-benchmark files in ../shared/data. Nothing here touches the network."""
+"""Shared fixtures: a tiny tokenizer and model built in code, the offline SmolLM2 GGUF, the
+benchmark files in ../shared/data, and the code sandbox with and without its namespaces. Nothing
+here touches the network."""
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -112,3 +114,23 @@ def smollm2_model(smollm2_gguf):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name).eval()
+
+
+@functools.cache
+def sandbox_namespaces_work() -> bool:
+    """Whether this machine lets the code sandbox use namespaces: the first program run finds out
+    (and warns when it does not)."""
+    import sandbox
+
+    sandbox.run_tests("print(1)", [{"input": "", "output": "1"}])
+    return sandbox.NAMESPACES
+
+
+@pytest.fixture(params=["namespaces", "no namespaces"])
+def isolation(request, monkeypatch):
+    """Run the test with the code sandbox's namespaces and with the fallback used without them."""
+    import sandbox
+
+    if request.param == "namespaces" and not sandbox_namespaces_work():
+        pytest.skip("this machine refuses the sandbox's namespaces")
+    monkeypatch.setattr(sandbox, "NAMESPACES", request.param == "namespaces")

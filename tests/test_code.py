@@ -195,7 +195,7 @@ def test_memory_bombs_fail(program):
 
 
 @pytest.mark.parametrize("leave_the_session", [False, True])
-def test_fork_bombs_are_contained_and_leave_nothing_behind(leave_the_session):
+def test_fork_bombs_are_contained_and_leave_nothing_behind(leave_the_session, isolation):
     name = f"bomb{os.getpid() % 100000}{int(leave_the_session)}"
     program = name_process(name) + (
         "import os\n"
@@ -212,7 +212,7 @@ def test_fork_bombs_are_contained_and_leave_nothing_behind(leave_the_session):
     assert processes_named(name) == []
 
 
-def test_a_background_process_does_not_outlive_the_check():
+def test_a_background_process_does_not_outlive_the_check(isolation):
     name = f"daemon{os.getpid() % 100000}"
     program = name_process(name) + "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(100)\nprint('ok')"
     assert statuses(program, PRINTS_OK) == ["passed"]
