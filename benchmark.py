@@ -31,7 +31,7 @@ METHODS = {
 
 @dataclass
 class BenchConfig(srpo.SRPOConfig):
-    repeats: int = grpo.option(3, "steps measured per method; the table shows medians")
+    repeats: int = grpo.option(3, "steps measured per method; the table shows medians", at_least=1)
 
 
 def measure(cfg: BenchConfig) -> dict:

@@ -57,9 +57,16 @@ from data import rewards
 from generation import Chain, left_pad, positions, sample
 
 
-def option(default, help: str, choices=None):
-    """A Config field with its --help line (and allowed values), kept with the field itself."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help: str, choices=None, at_least=None, above=None, at_most=None):
+    """A Config field with its --help line, allowed values or range, kept with the field itself
+    (`run.check_ranges` refuses a value out of range)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least,
+                                                        "above": above, "at_most": at_most})
+
+
+def or_default(value, default):
+    """value, or default when it is unset (None). Unlike `value or default`, keeps a 0."""
+    return default if value is None else value
 
 
 @dataclass
@@ -72,33 +79,35 @@ class Config:
     question_field: str | None = option(None, "field holding the question in a local/hub dataset (detected "
                                               "when unset)")
     answer_field: str | None = option(None, "field holding the gold answer (detected when unset)")
-    steps: int = option(60, "optimizer steps")
+    steps: int = option(60, "optimizer steps", at_least=1)
     prompts_per_step: int | None = option(None, "prompts per rollout batch, summed over all processes; "
-                                                "default 16 for the toy model, else 32 (the paper)")
+                                                "default 16 for the toy model, else 32 (the paper)", at_least=1)
     mini_batches: int | None = option(None, "optimizer steps per rollout batch, each on a slice of its "
                                             "prompts; default 1 for the toy model, else 4 (the paper), or "
-                                            "fewer if a process has fewer prompts")
-    group_size: int = option(8, "G: scored rollouts per prompt")
+                                            "fewer if a process has fewer prompts", at_least=1)
+    group_size: int = option(8, "G: scored rollouts per prompt (2 or more: advantages compare them)", at_least=2)
     max_new_tokens: int | None = option(None, "response budget in tokens, shared by a reset's prefix and "
-                                              "suffix; default 96 for the toy model, else 4096")
+                                              "suffix; default 96 for the toy model, else 4096", at_least=1)
     max_thought_tokens: int | None = option(None, "a thought ends at </thought> or after this many tokens; "
-                                                  "default 16 for the toy model, else 256")
-    max_thoughts: int = option(20, "a response ends after this many thoughts")
+                                                  "default 16 for the toy model, else 256", at_least=1)
+    max_thoughts: int = option(20, "a response ends after this many thoughts", at_least=1)
     temperature: float = option(0.7, "sampling temperature; the log-probs are computed at the same "
-                                     "temperature")
-    top_p: float = option(0.95, "nucleus sampling")
-    lr: float | None = option(None, "peak learning rate of AdamW; default 5e-5 for the toy model, else 1e-6")
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    warmup_steps: int = option(0, "linear warmup steps")
+                                     "temperature", above=0)
+    top_p: float = option(0.95, "nucleus sampling", above=0, at_most=1)
+    lr: float | None = option(None, "peak learning rate of AdamW; default 5e-5 for the toy model, else 1e-6",
+                              at_least=0)
+    weight_decay: float = option(0.01, "AdamW weight decay", at_least=0)
+    warmup_steps: int = option(0, "linear warmup steps", at_least=0)
     lr_schedule: str = option("constant", "after warmup: constant or cosine", choices=["constant", "cosine"])
-    beta: float = option(0.0, "KL coefficient to a frozen reference model; 0 loads no reference")
-    clip_eps: float = option(0.2, "PPO ratio clipping, used when --updates-per-batch > 1")
+    beta: float = option(0.0, "KL coefficient to a frozen reference model; 0 loads no reference", at_least=0)
+    clip_eps: float = option(0.2, "PPO ratio clipping, used when --updates-per-batch > 1", above=0)
     updates_per_batch: int = option(1, "passes over each rollout batch; 1 = on-policy, the paper's setting; "
-                                       "more use PPO's clipped ratio")
+                                       "more use PPO's clipped ratio", at_least=1)
     loss_agg: str = option("seq-mean", "seq-mean (the paper) or token-mean", choices=["seq-mean", "token-mean"])
-    eval_every: int = option(20, "steps between evaluations (greedy pass@1); 0 = only at the end")
-    eval_size: int = option(100, "problems in each evaluation")
-    save_every: int = option(50, "steps between checkpoints; a final one is always written")
+    eval_every: int = option(20, "steps between evaluations (greedy pass@1); 0 = only at the end", at_least=0)
+    eval_size: int = option(100, "problems in each evaluation; 0 = no evaluation", at_least=0)
+    save_every: int = option(50, "steps between checkpoints; 0 = only the final one, which is always written",
+                             at_least=0)
     out: str = option("runs/grpo", "output folder: metrics.jsonl and checkpoint-{step}/")
     dump_rollouts: bool = option(False, "write every sampled sequence of step N to "
                                         "{out}/rollouts/step-{N}.jsonl")
@@ -107,18 +116,20 @@ class Config:
     dtype: str = option("float32", "weights: float32 (bf16 autocast on GPU) or bfloat16",
                         choices=["float32", "bfloat16"])
     grad_checkpointing: bool = option(False, "trade compute for memory in the training forward")
-    micro_batch: int = option(8, "sequences per training forward; bounds the memory")
+    micro_batch: int = option(8, "sequences per training forward; bounds the memory", at_least=1)
 
     def __post_init__(self):
         # The toy model is tiny and its solutions short; a pretrained model follows the paper
         # where it is specific (section 5), except the lr: the paper's 5e-5 is for LoRA.
         toy = self.model == "toy"
-        self.dataset = self.dataset or ("toy" if toy else "gsm8k")
-        self.prompts_per_step = self.prompts_per_step or (16 if toy else 32)
-        self.mini_batches = self.mini_batches or (1 if toy else None)  # None: see train_on_rollouts
-        self.max_new_tokens = self.max_new_tokens or (96 if toy else 4096)
-        self.max_thought_tokens = min(self.max_thought_tokens or (16 if toy else 256), self.max_new_tokens)
-        self.lr = self.lr or (5e-5 if toy else 1e-6)
+        self.dataset = or_default(self.dataset, "toy" if toy else "gsm8k")
+        self.prompts_per_step = or_default(self.prompts_per_step, 16 if toy else 32)
+        self.mini_batches = or_default(self.mini_batches, 1 if toy else None)  # None: see train_on_rollouts
+        self.max_new_tokens = or_default(self.max_new_tokens, 96 if toy else 4096)
+        self.max_thought_tokens = or_default(self.max_thought_tokens, 16 if toy else 256)
+        self.lr = or_default(self.lr, 5e-5 if toy else 1e-6)
+        run.check_ranges(self)  # before the min below, which would hide a --max-thought-tokens 0
+        self.max_thought_tokens = min(self.max_thought_tokens, self.max_new_tokens)
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -400,8 +411,10 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     start, samples_seen = state.get("step", 0) + 1, state.get("samples_seen", 0)
     log, interrupt = run.MetricsLog(cfg.out, rank, start), run.Interrupt(rank)
 
-    first_acc = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device) if start == 1 else None
-    if first_acc is not None:
+    evaluating = len(eval_examples) > 0  # --eval-size 0 turns evaluation off
+    first_acc = (evaluate(model, tokenizer, eval_examples, cfg, rank, world, device)
+                 if start == 1 and evaluating else None)
+    if start == 1:
         log({"step": 0, "eval_acc": first_acc, "skipped_long_prompts": skipped})
     last_acc, step = first_acc, start - 1
     bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps, disable=rank != 0, desc=cfg.dataset)
@@ -436,12 +449,12 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
         record.update(loss=loss, grad_norm=grad_norm, lr=run.lr_at(step, cfg), skipped=skipped_reason,
                       rollout_s=rollout_s, train_s=train_s, samples_seen=samples_seen,
                       tokens_generated=int(tokens))
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+        if evaluating and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
             last_acc = record["eval_acc"] = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device)
         record["step_s"] = time.time() - step_start
         log(record)
         bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=last_acc)
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or stop):
+        if rank == 0 and ((cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop):
             run.save_checkpoint(model, tokenizer, optimizer, {"step": step, "samples_seen": samples_seen,
                                                               "config": dataclasses.asdict(cfg)}, Path(cfg.out))
         if stop:

@@ -6,7 +6,8 @@ Plumbing: not needed to understand GRPO, RRPO or SRPO; grpo.train() calls it.
   (`load_examples`, `train_and_eval_examples`), and which prompts a process gets at each step;
 - processes: one per GPU under torchrun (`compute_init`, `all_sum`);
 - checkpoints (written whole or not at all), `--resume`, the metrics log, rollout dumps, Ctrl-C;
-- `parse_config`: a config dataclass filled from the command line, each field's help its --help.
+- `parse_config`: a config dataclass filled from the command line, each field's help its --help,
+  each field's range checked (`check_ranges`) before anything loads.
 """
 import argparse
 import dataclasses
@@ -106,7 +107,8 @@ def train_and_eval_examples(cfg, rank: int) -> tuple[list[dict], list[dict]]:
     out of it (the same for every seed), and training drops any problem evaluation uses."""
     train_examples = load_examples(cfg.dataset, True, cfg)
     if cfg.eval_dataset or data.has_test_split(cfg.dataset):
-        eval_examples = load_examples(cfg.eval_dataset or cfg.dataset, False, cfg)[:cfg.eval_size]
+        eval_name = cfg.eval_dataset or cfg.dataset
+        eval_examples = load_examples(eval_name, False, cfg)[:cfg.eval_size] if cfg.eval_size else []
         source = f"'{cfg.eval_dataset}'" if cfg.eval_dataset else f"the test split of '{cfg.dataset}'"
     else:
         order = random.Random("held-out").sample(range(len(train_examples)), len(train_examples))
@@ -119,8 +121,8 @@ def train_and_eval_examples(cfg, rank: int) -> tuple[list[dict], list[dict]]:
     if not cfg.eval_dataset:
         train_examples = [ex for ex in train_examples if ex["question"] not in eval_questions]
     if rank == 0:
-        print(f"Training on {len(train_examples)} problems of '{cfg.dataset}', evaluating on "
-              f"{len(eval_examples)} {source}."
+        print(f"Training on {len(train_examples)} problems of '{cfg.dataset}', "
+              + (f"evaluating on {len(eval_examples)} {source}." if eval_examples else "no evaluation.")
               + (f" {overlap} training problems are also evaluated on." if cfg.eval_dataset and overlap else ""))
     return train_examples, eval_examples
 
@@ -328,9 +330,31 @@ def load_resume_state(cfg) -> tuple[Path, dict]:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_ranges(cfg) -> None:
+    """Raises ValueError naming each field of a config dataclass whose value lies outside the
+    range its metadata declares (at_least, above, at_most: see grpo.option), one line per field.
+    None is "unset" and passes. Example: a field `group_size` declared with at_least=2 and set to
+    1 gives "--group-size 1: must be at least 2"."""
+    bad = []
+    for f in dataclasses.fields(cfg):
+        value, low, above, high = (getattr(cfg, f.name), f.metadata.get("at_least"), f.metadata.get("above"),
+                                   f.metadata.get("at_most"))
+        if value is None or (low, above, high) == (None, None, None):
+            continue
+        if not (math.isfinite(value) and (low is None or value >= low) and (above is None or value > above)
+                and (high is None or value <= high)):
+            rules = [f"{word} {bound}" for word, bound in (("at least", low), ("above", above), ("at most", high))
+                     if bound is not None]
+            finite = "" if math.isfinite(value) else "a finite number "
+            bad.append(f"--{f.name.replace('_', '-')} {value}: must be {finite}{' and '.join(rules)}")
+    if bad:
+        raise ValueError("\n".join(bad))
+
+
 def parse_config(config_class, argv=None):
     """Fills a config dataclass from the command line: a --flag per field, its help and choices
-    from the field's metadata (see grpo.option)."""
+    from the field's metadata (see grpo.option). A bad value (the config raises ValueError) exits
+    with argparse's usage message and code 2, before anything loads."""
     parser = argparse.ArgumentParser(description=sys.modules[config_class.__module__].__doc__.split("\n")[0])
     for f in dataclasses.fields(config_class):
         flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
@@ -340,4 +364,7 @@ def parse_config(config_class, argv=None):
             kind = next((t for t in (int, float) if f.type in (t, t | None)), str)
             parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
                                 help=help_text, metavar=f.name.upper())
-    return config_class(**vars(parser.parse_args(argv)))
+    try:
+        return config_class(**vars(parser.parse_args(argv)))
+    except ValueError as error:  # a value out of range, or flags that contradict each other
+        parser.error(str(error))

@@ -87,3 +87,106 @@ def test_a_json_list_and_a_byte_order_mark_are_read(tmp_path):
                                       b'"answer": 4}]')
     assert run.load_examples(str(tmp_path / "d.json"), True, grpo.Config()) == [
         {"question": "1+1?", "answer": "2"}, {"question": "2+2?", "answer": "4"}]
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags
+# ---------------------------------------------------------------------------------------------
+
+
+def refused(config_class, argv, capsys) -> str:
+    """parse_config's error message for argv; asserts argparse's exit code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        run.parse_config(config_class, argv=argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config_class, flag, value, rule", [
+    (grpo.Config, "--steps", "0", "at least 1"),
+    (grpo.Config, "--group-size", "1", "at least 2"),
+    (grpo.Config, "--prompts-per-step", "0", "at least 1"),
+    (grpo.Config, "--mini-batches", "0", "at least 1"),
+    (grpo.Config, "--micro-batch", "0", "at least 1"),
+    (grpo.Config, "--updates-per-batch", "0", "at least 1"),
+    (grpo.Config, "--temperature", "0", "above 0"),
+    (grpo.Config, "--top-p", "1.5", "above 0 and at most 1"),
+    (grpo.Config, "--max-new-tokens", "0", "at least 1"),
+    (grpo.Config, "--max-thought-tokens", "0", "at least 1"),
+    (grpo.Config, "--max-thoughts", "0", "at least 1"),
+    (grpo.Config, "--lr", "-1e-6", "at least 0"),
+    (grpo.Config, "--lr", "nan", "a finite number at least 0"),
+    (grpo.Config, "--weight-decay", "-0.1", "at least 0"),
+    (grpo.Config, "--warmup-steps", "-1", "at least 0"),
+    (grpo.Config, "--beta", "-0.1", "at least 0"),
+    (grpo.Config, "--clip-eps", "0", "above 0"),
+    (grpo.Config, "--eval-every", "-1", "at least 0"),
+    (grpo.Config, "--eval-size", "-1", "at least 0"),
+    (grpo.Config, "--save-every", "-5", "at least 0"),
+    (rrpo.ResetConfig, "--oracle-noise", "1.5", "at least 0 and at most 1"),
+    (srpo.SRPOConfig, "--loc-temperature", "0", "above 0"),
+    (srpo.SRPOConfig, "--loc-max-new-tokens", "0", "at least 1"),
+])
+def test_a_flag_out_of_range_is_refused_with_its_rule(config_class, flag, value, rule, capsys):
+    message = refused(config_class, [f"{flag}={value}"], capsys)  # = lets argparse read "-1e-6" as a value
+    assert re.search(rf"error: {re.escape(flag)} [-\w.]+: must be {re.escape(rule)}$", message.strip()), message
+
+
+def test_every_bad_flag_gets_its_own_line(capsys):
+    message = refused(grpo.Config, ["--group-size", "1", "--temperature", "0", "--micro-batch", "0"], capsys)
+    assert "--group-size 1: must be at least 2\n" in message
+    assert "--temperature 0.0: must be above 0\n" in message
+    assert "--micro-batch 0: must be at least 1" in message
+
+
+def test_every_numeric_option_declares_its_range():
+    """So that a new option cannot skip the checks: only the seed takes any integer."""
+    for config_class in (grpo.Config, rrpo.ResetConfig, srpo.SRPOConfig):
+        for f in dataclasses.fields(config_class):
+            if f.type in (int, float, int | None, float | None) and f.name != "seed":
+                assert any(f.metadata.get(k) is not None for k in ("at_least", "above", "at_most")), f.name
+
+
+def test_reset_budgets_are_refused_as_flags(capsys):
+    assert "must be even and --max-fresh >= --group-size (got 7 and 12)" in refused(
+        rrpo.ResetConfig, ["--group-size", "7"], capsys)
+    assert "(got 8 and 6)" in refused(srpo.SRPOConfig, ["--group-size", "8", "--max-fresh", "6"], capsys)
+
+
+def test_zero_is_a_value_not_unset():
+    """`x or default` read --lr 0 as unset (1e-6) and --max-new-tokens 0 as 96."""
+    cfg = run.parse_config(grpo.Config, argv=["--lr", "0", "--eval-size", "0", "--save-every", "0"])
+    assert (cfg.lr, cfg.eval_size, cfg.save_every) == (0.0, 0, 0)
+    assert run.parse_config(grpo.Config, argv=[]).lr == 5e-5  # unset: the toy model's default
+
+
+def test_bad_flags_exit_2_before_the_model_loads():
+    """A model that does not exist would fail the run at load time: the flags fail first."""
+    result = subprocess.run([sys.executable, "grpo.py", "--model", "no-such-model-7B", "--group-size", "1",
+                             "--temperature", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--group-size 1: must be at least 2" in result.stderr
+    assert "--temperature 0.0: must be above 0" in result.stderr
+    assert "Traceback" not in result.stderr and "no-such-model" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end, tiny model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_save_every_0_keeps_the_final_checkpoint_and_eval_size_0_evaluates_nothing(tiny_model_dir, tmp_path,
+                                                                                    monkeypatch):
+    data = write_rows(tmp_path / "d.jsonl", [{"question": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(6)])
+    out = tmp_path / "run"
+    monkeypatch.setattr(grpo, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated with --eval-size 0"))
+    cfg = run.parse_config(grpo.Config, argv=[
+        "--model", str(tiny_model_dir), "--dataset", str(data), "--out", str(out), "--steps", "2",
+        "--prompts-per-step", "2", "--group-size", "2", "--max-new-tokens", "4", "--save-every", "0",
+        "--eval-size", "0", "--temperature", "1.0"])
+    grpo.train(cfg)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert records[0]["eval_acc"] is None and all("eval_acc" not in r for r in records[1:])
+
