@@ -112,6 +112,8 @@ class Config:
     dump_rollouts: bool = option(False, "write every sampled sequence of step N to "
                                         "{out}/rollouts/step-{N}.jsonl")
     resume: bool = option(False, "continue from the newest complete checkpoint in --out")
+    overwrite: bool = option(False, "delete the files of an earlier run in --out (metrics, checkpoints, "
+                                    "dumps) and start afresh; without it, a used --out is refused")
     seed: int = option(0, "seeds data order, sampling and initialisation of everything random")
     dtype: str = option("float32", "weights: float32 (bf16 autocast on GPU) or bfloat16",
                         choices=["float32", "bfloat16"])
@@ -130,6 +132,11 @@ class Config:
         self.lr = or_default(self.lr, 5e-5 if toy else 1e-6)
         run.check_ranges(self)  # before the min below, which would hide a --max-thought-tokens 0
         self.max_thought_tokens = min(self.max_thought_tokens, self.max_new_tokens)
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out}: is a file; name a folder (new, or one of an earlier run).")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, or "
+                             "replace it, not both.")
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -398,6 +405,7 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be divisible by the number of "
                          f"processes ({world}) and give each at least --mini-batches ({cfg.mini_batches}) "
                          "prompts: raise --prompts-per-step or lower --mini-batches.")
+    lock = run.claim_out(cfg.out, cfg.resume, cfg.overwrite) if rank == 0 else None  # held until the run ends
     checkpoint, state = run.load_resume_state(cfg) if cfg.resume else (None, {})
     torch.manual_seed(cfg.seed)
     model, tokenizer = run.load_model(cfg, device, checkpoint)
@@ -462,6 +470,8 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     if rank == 0 and first_acc is not None:
         print(f"eval accuracy: {first_acc:.3f} before training, {last_acc:.3f} after {step} steps")
     run.finish(model, device)
+    if lock:
+        lock.close()
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ Plumbing: not needed to understand GRPO, RRPO or SRPO; grpo.train() calls it.
 - examples: the toy task, code problems or a dataset, with evaluation problems held out
   (`load_examples`, `train_and_eval_examples`), and which prompts a process gets at each step;
 - processes: one per GPU under torchrun (`compute_init`, `all_sum`);
-- checkpoints (written whole or not at all), `--resume`, the metrics log, rollout dumps, Ctrl-C;
+- the output folder (one run at a time, `claim_out`), checkpoints (written whole or not at all),
+  `--resume`, the metrics log, rollout dumps, Ctrl-C;
 - `parse_config`: a config dataclass filled from the command line, each field's help its --help,
   each field's range checked (`check_ranges`) before anything loads.
 """
 import argparse
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -21,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import safetensors
 import torch
 import torch.distributed as dist
 
@@ -292,6 +295,40 @@ class Interrupt:
             print("\nInterrupted: saving after this step (Ctrl-C again to quit without saving).")
 
 
+RUN_FILES = ("metrics.jsonl", ".partial-metrics.jsonl", "checkpoint-*", ".partial-checkpoint-*", "rollouts")
+
+
+def claim_out(out: Path, resume: bool, overwrite: bool):
+    """Rank 0's hold on the output folder, so that runs never mix: an exclusive lock on
+    {out}/.lock for the life of the run (the OS releases it however the process ends, kill -9
+    included), and a folder that holds no earlier run unless resumed, or cleared by --overwrite
+    (which deletes only the files a run writes). Returns the locked file: keep it open."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SystemExit(f"--out '{out}' is in use by another run (it holds '{out / '.lock'}'): wait for that "
+                         "run to end, or pick another --out.") from None
+    earlier = sorted(path.name for path in out.iterdir() if path.name != ".lock")
+    if earlier and not (resume or overwrite):
+        lock.close()
+        listed = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise SystemExit(f"--out '{out}' is not empty ({listed}): pass --resume to continue the run in it, "
+                         "--overwrite to delete it and start afresh, or pick another --out.")
+    earlier_run = [path for pattern in RUN_FILES for path in out.glob(pattern)]
+    if overwrite and earlier_run:
+        for path in earlier_run:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        print(f"--overwrite: deleted the earlier run in '{out}' ({len(earlier_run)} files and folders).")
+    return lock
+
+
 def newest_checkpoint(out: Path) -> Path | None:
     """Only fully written checkpoints are named checkpoint-{step}: a save goes to a temporary
     folder that is renamed at the end, so a save killed halfway is never picked."""
@@ -310,18 +347,38 @@ def save_checkpoint(model, tokenizer, optimizer, state: dict, out: Path) -> Path
     return final
 
 
+# What a resumed run must share with the run it continues: its model, data and seed, and its
+# method (GRPO, whose config has no --reset, or the reset rule of RRPO or SRPO).
+RESUME_MUST_MATCH = ("model", "dataset", "eval_dataset", "question_field", "answer_field", "seed", "reset")
+
+
 def load_resume_state(cfg) -> tuple[Path, dict]:
+    """The newest checkpoint in --out and its trainer state, after checking that it is whole and
+    that it was written by the same kind of run."""
     checkpoint = newest_checkpoint(Path(cfg.out)) if Path(cfg.out).is_dir() else None
     if checkpoint is None:
         raise SystemExit(f"--resume: no checkpoint-<step> folder in '{cfg.out}'. Point --out at the "
-                         "folder of an earlier run, or drop --resume to start fresh.")
+                         "folder of an earlier run, or replace --resume with --overwrite to start afresh.")
     try:
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
         if not {"step", "optimizer"} <= state.keys():
             raise KeyError("step or optimizer state missing")
+        weights = sorted(checkpoint.glob("*.safetensors"))
+        if not weights:
+            raise FileNotFoundError("no .safetensors weights")
+        for path in weights:  # reads the header, which also checks that the file has its full length
+            with safetensors.safe_open(path, "pt"):
+                pass
     except Exception as error:
         raise SystemExit(f"--resume: '{checkpoint}' is not a readable checkpoint ({error}). "
                          "Delete it to resume from the one before.") from None
+    saved, now = state.get("config"), dataclasses.asdict(cfg)
+    changed = [key for key in RESUME_MUST_MATCH if saved is not None and now.get(key) != saved.get(key)]
+    if changed:
+        described = "; ".join(f"--{key.replace('_', '-')} {now.get(key, 'none (GRPO)')} here, "
+                              f"{saved.get(key, 'none (GRPO)')} in the checkpoint" for key in changed)
+        raise SystemExit(f"--resume: this run differs from the one in '{cfg.out}': {described}. Resume with "
+                         "the same flags, or start a new run in another --out.")
     return checkpoint, state
 
 

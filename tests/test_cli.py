@@ -160,6 +160,12 @@ def test_zero_is_a_value_not_unset():
     assert run.parse_config(grpo.Config, argv=[]).lr == 5e-5  # unset: the toy model's default
 
 
+def test_out_naming_a_file_and_resume_with_overwrite_are_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert "is a file" in refused(grpo.Config, ["--out", str(tmp_path / "notes.txt")], capsys)
+    assert "contradict" in refused(grpo.Config, ["--resume", "--overwrite"], capsys)
+
+
 def test_bad_flags_exit_2_before_the_model_loads():
     """A model that does not exist would fail the run at load time: the flags fail first."""
     result = subprocess.run([sys.executable, "grpo.py", "--model", "no-such-model-7B", "--group-size", "1",
@@ -168,6 +174,96 @@ def test_bad_flags_exit_2_before_the_model_loads():
     assert "--group-size 1: must be at least 2" in result.stderr
     assert "--temperature 0.0: must be above 0" in result.stderr
     assert "Traceback" not in result.stderr and "no-such-model" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The output folder: one run at a time, never mixed
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_used_out_is_refused_unless_resumed_or_overwritten(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "rollouts").mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0}\n')
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"is not empty \(checkpoint-2, metrics.jsonl, notes.txt, rollouts\): "
+                                         r"pass --resume .* --overwrite"):
+        run.claim_out(out, resume=False, overwrite=False)
+    run.claim_out(out, resume=True, overwrite=False).close()
+    assert (out / "metrics.jsonl").exists()
+    run.claim_out(out, resume=False, overwrite=True).close()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]  # only the run's files are deleted
+
+
+def test_two_runs_on_one_out_are_refused_while_the_first_holds_it(tmp_path):
+    first = run.claim_out(tmp_path / "run", resume=False, overwrite=False)
+    with pytest.raises(SystemExit, match="in use by another run"):
+        run.claim_out(tmp_path / "run", resume=True, overwrite=False)
+    first.close()
+    run.claim_out(tmp_path / "run", resume=False, overwrite=False).close()  # only the lock file is there
+
+
+def test_the_lock_is_released_when_its_run_is_killed(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, run\n"
+                               f"lock = run.claim_out({str(tmp_path / 'run')!r}, False, False)\n"
+                               "print('locked', flush=True)\ntime.sleep(120)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(SystemExit, match="in use by another run"):
+            run.claim_out(tmp_path / "run", resume=True, overwrite=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    run.claim_out(tmp_path / "run", resume=True, overwrite=False).close()
+
+
+def test_a_new_run_into_a_used_out_stops_before_loading_anything(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0, "eval_acc": 0.5}\n')
+    cfg = run.parse_config(grpo.Config, argv=["--model", "no-such-model-7B", "--out", str(out)])
+    with pytest.raises(SystemExit, match="is not empty"):
+        grpo.train(cfg)
+    assert (out / "metrics.jsonl").read_text() == '{"step": 0, "eval_acc": 0.5}\n'
+
+
+def fake_checkpoint(out: Path, cfg, step=1) -> Path:
+    """A checkpoint folder as save_checkpoint writes it, with one small weights file."""
+    from safetensors.torch import save_file
+
+    checkpoint = out / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    save_file({"weight": torch.arange(1000.0)}, checkpoint / "model.safetensors")
+    torch.save({"optimizer": {}, "step": step, "samples_seen": 0, "config": dataclasses.asdict(cfg)},
+               checkpoint / "trainer_state.pt")
+    return checkpoint
+
+
+def test_resume_refuses_another_seed_model_dataset_or_method(tmp_path):
+    saved = grpo.Config(out=str(tmp_path), seed=0, dataset="gsm8k")
+    fake_checkpoint(tmp_path, saved)
+    assert run.load_resume_state(grpo.Config(out=str(tmp_path), seed=0, dataset="gsm8k"))[1]["step"] == 1
+    for changed, message in [(dict(seed=1), "--seed 1 here, 0 in the checkpoint"),
+                             (dict(model="Qwen2.5-1.5B"), "--model Qwen2.5-1.5B here, toy in the checkpoint"),
+                             (dict(dataset="math500"), "--dataset math500 here, gsm8k in the checkpoint")]:
+        with pytest.raises(SystemExit, match=f"differs from the one in .*{message}"):
+            run.load_resume_state(grpo.Config(out=str(tmp_path), **{"seed": 0, "dataset": "gsm8k", **changed}))
+    with pytest.raises(SystemExit, match=r"--reset random here, none \(GRPO\) in the checkpoint"):
+        run.load_resume_state(rrpo.ResetConfig(out=str(tmp_path), seed=0, dataset="gsm8k"))
+
+
+def test_resume_from_damaged_weights_names_the_checkpoint(tmp_path):
+    cfg = grpo.Config(out=str(tmp_path))
+    weights = fake_checkpoint(tmp_path, cfg) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])  # cut short, as by a full disk
+    with pytest.raises(SystemExit, match=r"'.*checkpoint-1' is not a readable checkpoint .*Delete it to resume "
+                                         "from the one before"):
+        run.load_resume_state(cfg)
+    weights.unlink()
+    with pytest.raises(SystemExit, match="no .safetensors weights"):
+        run.load_resume_state(cfg)
 
 
 # ---------------------------------------------------------------------------------------------
