@@ -262,17 +262,36 @@ def dump_rollouts(path: Path, step: int, rollouts, advantages: list[float], poli
         path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A last line cut short (the run was killed while writing
+    it) is dropped with a warning; a damaged line elsewhere is an error that names it."""
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise SystemExit(f"'{path}' line {number} is damaged (not JSON): fix or delete that line, "
+                                 "then resume again.") from None
+            warnings.warn(f"'{path}': dropped its last line, cut short when the run was stopped.")
+    return records
+
+
 class MetricsLog:
     """{out}/metrics.jsonl, one JSON line per step, written by rank 0. A run resumed at
-    `first_step` first drops the lines of the steps after its checkpoint."""
+    `first_step` first drops the lines of the steps after its checkpoint: the kept lines go to a
+    temporary file that replaces the log in one step, so a kill at any point loses none."""
 
     def __init__(self, out: Path, rank: int, first_step: int):
         self.path, self.rank = Path(out) / "metrics.jsonl", rank
         if rank == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if first_step > 1 and self.path.exists():
-                kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < first_step]
-                self.path.write_text("".join(line + "\n" for line in kept))
+                kept = [record for record in read_metrics(self.path) if record["step"] < first_step]
+                partial = self.path.with_name(".partial-metrics.jsonl")
+                partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
+                os.replace(partial, self.path)
 
     def __call__(self, record: dict) -> None:
         if self.rank == 0:

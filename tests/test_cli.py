@@ -267,6 +267,52 @@ def test_resume_from_damaged_weights_names_the_checkpoint(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
+# The metrics log at resume
+# ---------------------------------------------------------------------------------------------
+
+
+def write_log(out: Path, steps, torn="") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "reward_mean": s / 10}) + "\n" for s in steps) + torn)
+    return path
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path):
+    path = write_log(tmp_path, range(5), torn='{"step": 5, "reward_me')
+    with pytest.warns(UserWarning, match="dropped its last line"):
+        log = run.MetricsLog(tmp_path, rank=0, first_step=4)
+    log({"step": 4})
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3, 4]
+
+
+def test_a_damaged_line_inside_the_log_is_named(tmp_path):
+    path = write_log(tmp_path, range(3))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    with pytest.raises(SystemExit, match=r"metrics.jsonl' line 2 is damaged"):
+        run.MetricsLog(tmp_path, rank=0, first_step=2)
+
+
+def test_a_kill_while_the_log_is_rewritten_loses_no_step(tmp_path, monkeypatch):
+    path = write_log(tmp_path, range(7))
+    before = path.read_text()
+
+    def killed_halfway(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[:len(text) // 2])
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        run.MetricsLog(tmp_path, rank=0, first_step=4)
+    monkeypatch.undo()
+    assert path.read_text() == before
+    run.MetricsLog(tmp_path, rank=0, first_step=4)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
 # End to end, tiny model
 # ---------------------------------------------------------------------------------------------
 
@@ -285,4 +331,3 @@ def test_save_every_0_keeps_the_final_checkpoint_and_eval_size_0_evaluates_nothi
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
     assert records[0]["eval_acc"] is None and all("eval_acc" not in r for r in records[1:])
-
