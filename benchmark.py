@@ -42,7 +42,7 @@ METHODS = {
 
 @dataclass
 class BenchConfig(srpo.SRPOConfig):
-    repeats: int = grpo.option(3, "steps measured per method; the table shows medians")
+    repeats: int = grpo.option(3, "steps measured per method; the table shows medians", at_least=1)
     methods: str = grpo.option("grpo,rrpo,srpo", "methods to time, comma-separated")
     trl: bool = grpo.option(False, "also time TRL's GRPOTrainer on the same work (pip install trl)")
     sampling: bool = grpo.option(False, "compare ways of sampling a step's rollouts instead of steps")

@@ -57,9 +57,16 @@ from data import rewards
 from generation import Chain, left_pad, positions, sample
 
 
-def option(default, help: str, choices=None):
-    """A Config field with its --help line (and allowed values), kept with the field itself."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default, help: str, choices=None, at_least=None, above=None, at_most=None):
+    """A Config field with its --help line, allowed values or range, kept with the field itself
+    (`run.check_ranges` refuses a value out of range)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "at_least": at_least,
+                                                        "above": above, "at_most": at_most})
+
+
+def or_default(value, default):
+    """value, or default when it is unset (None). Unlike `value or default`, keeps a 0."""
+    return default if value is None else value
 
 
 @dataclass
@@ -72,59 +79,70 @@ class Config:
     question_field: str | None = option(None, "field holding the question in a local/hub dataset (detected "
                                               "when unset)")
     answer_field: str | None = option(None, "field holding the gold answer (detected when unset)")
-    steps: int = option(60, "optimizer steps")
+    steps: int = option(60, "optimizer steps", at_least=1)
     prompts_per_step: int | None = option(None, "prompts per rollout batch, summed over all processes; "
-                                                "default 16 for the toy model, else 32 (the paper)")
+                                                "default 16 for the toy model, else 32 (the paper)", at_least=1)
     mini_batches: int | None = option(None, "optimizer steps per rollout batch, each on a slice of its "
                                             "prompts; default 1 for the toy model, else 4 (the paper), or "
-                                            "fewer if a process has fewer prompts")
-    group_size: int = option(8, "G: scored rollouts per prompt")
+                                            "fewer if a process has fewer prompts", at_least=1)
+    group_size: int = option(8, "G: scored rollouts per prompt (2 or more: advantages compare them)", at_least=2)
     max_new_tokens: int | None = option(None, "response budget in tokens, shared by a reset's prefix and "
-                                              "suffix; default 96 for the toy model, else 4096")
+                                              "suffix; default 96 for the toy model, else 4096", at_least=1)
     max_thought_tokens: int | None = option(None, "a thought ends at </thought> or after this many tokens; "
-                                                  "default 16 for the toy model, else 256")
-    max_thoughts: int = option(20, "a response ends after this many thoughts")
+                                                  "default 16 for the toy model, else 256", at_least=1)
+    max_thoughts: int = option(20, "a response ends after this many thoughts", at_least=1)
     temperature: float = option(0.7, "sampling temperature; the log-probs are computed at the same "
-                                     "temperature")
-    top_p: float = option(0.95, "nucleus sampling")
+                                     "temperature", above=0)
+    top_p: float = option(0.95, "nucleus sampling", above=0, at_most=1)
     lr: float | None = option(None, "peak learning rate of AdamW; default 5e-5 for the toy model and LoRA "
-                                             "(the paper), else 1e-6")
-    weight_decay: float = option(0.01, "AdamW weight decay")
-    warmup_steps: int = option(0, "linear warmup steps")
+                                    "(the paper), else 1e-6", at_least=0)
+    weight_decay: float = option(0.01, "AdamW weight decay", at_least=0)
+    warmup_steps: int = option(0, "linear warmup steps", at_least=0)
     lr_schedule: str = option("constant", "after warmup: constant or cosine", choices=["constant", "cosine"])
-    beta: float = option(0.0, "KL coefficient to a frozen reference model; 0 loads no reference")
-    clip_eps: float = option(0.2, "PPO ratio clipping, used when --updates-per-batch > 1")
+    beta: float = option(0.0, "KL coefficient to a frozen reference model; 0 loads no reference", at_least=0)
+    clip_eps: float = option(0.2, "PPO ratio clipping, used when --updates-per-batch > 1", above=0)
     updates_per_batch: int = option(1, "passes over each rollout batch; 1 = on-policy, the paper's setting; "
-                                       "more use PPO's clipped ratio")
+                                       "more use PPO's clipped ratio", at_least=1)
     loss_agg: str = option("seq-mean", "seq-mean (the paper) or token-mean", choices=["seq-mean", "token-mean"])
-    eval_every: int = option(20, "steps between evaluations (greedy pass@1); 0 = only at the end")
-    eval_size: int = option(100, "problems in each evaluation")
-    save_every: int = option(50, "steps between checkpoints; a final one is always written")
+    eval_every: int = option(20, "steps between evaluations (greedy pass@1); 0 = only at the end", at_least=0)
+    eval_size: int = option(100, "problems in each evaluation; 0 = no evaluation", at_least=0)
+    save_every: int = option(50, "steps between checkpoints; 0 = only the final one, which is always written",
+                             at_least=0)
     out: str = option("runs/grpo", "output folder: metrics.jsonl and checkpoint-{step}/")
     dump_rollouts: bool = option(False, "write every sampled sequence of step N to "
                                         "{out}/rollouts/step-{N}.jsonl")
     resume: bool = option(False, "continue from the newest complete checkpoint in --out")
+    overwrite: bool = option(False, "delete the files of an earlier run in --out (metrics, checkpoints, "
+                                    "dumps) and start afresh; without it, a used --out is refused")
     seed: int = option(0, "seeds data order, sampling and initialisation of everything random")
     lora_rank: int = option(0, "LoRA rank on every linear layer but the lm head (the paper: 64); 0 trains "
-                               "all weights. Needs `pip install peft`")
-    lora_alpha: float = option(64.0, "LoRA scale alpha (the update is alpha / rank * B A); the paper: 64")
+                               "all weights. Needs `pip install peft`", at_least=0)
+    lora_alpha: float = option(64.0, "LoRA scale alpha (the update is alpha / rank * B A); the paper: 64",
+                               above=0)
     dtype: str = option("auto", "weights: auto = float32 for a full fine-tune (bf16 autocast on GPU) and "
                                 "bfloat16 frozen base weights for LoRA on GPU; or float32, bfloat16",
                         choices=["auto", "float32", "bfloat16"])
     grad_checkpointing: bool | None = option(None, "recompute activations in the backward pass to save "
                                                    "memory; default: on for models over 1B parameters")
-    micro_batch: int = option(8, "sequences per training forward; bounds the memory")
+    micro_batch: int = option(8, "sequences per training forward; bounds the memory", at_least=1)
 
     def __post_init__(self):
         # The toy model is tiny and its solutions short; a pretrained model follows the paper
         # where it is specific (section 5), except the lr: the paper's 5e-5 is for LoRA.
         toy = self.model == "toy"
-        self.dataset = self.dataset or ("toy" if toy else "gsm8k")
-        self.prompts_per_step = self.prompts_per_step or (16 if toy else 32)
-        self.mini_batches = self.mini_batches or (1 if toy else None)  # None: see train_on_rollouts
-        self.max_new_tokens = self.max_new_tokens or (96 if toy else 4096)
-        self.max_thought_tokens = min(self.max_thought_tokens or (16 if toy else 256), self.max_new_tokens)
-        self.lr = self.lr or (5e-5 if toy or self.lora_rank else 1e-6)
+        self.dataset = or_default(self.dataset, "toy" if toy else "gsm8k")
+        self.prompts_per_step = or_default(self.prompts_per_step, 16 if toy else 32)
+        self.mini_batches = or_default(self.mini_batches, 1 if toy else None)  # None: see train_on_rollouts
+        self.max_new_tokens = or_default(self.max_new_tokens, 96 if toy else 4096)
+        self.max_thought_tokens = or_default(self.max_thought_tokens, 16 if toy else 256)
+        self.lr = or_default(self.lr, 5e-5 if toy or self.lora_rank else 1e-6)
+        run.check_ranges(self)  # before the min below, which would hide a --max-thought-tokens 0
+        self.max_thought_tokens = min(self.max_thought_tokens, self.max_new_tokens)
+        if Path(self.out).exists() and not Path(self.out).is_dir():
+            raise ValueError(f"--out {self.out}: is a file; name a folder (new, or one of an earlier run).")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume and --overwrite contradict each other: continue the run in --out, or "
+                             "replace it, not both.")
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -393,6 +411,7 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
         raise SystemExit(f"--prompts-per-step {cfg.prompts_per_step} must be divisible by the number of "
                          f"processes ({world}) and give each at least --mini-batches ({cfg.mini_batches}) "
                          "prompts: raise --prompts-per-step or lower --mini-batches.")
+    lock = run.claim_out(cfg.out, cfg.resume, cfg.overwrite) if rank == 0 else None  # held until the run ends
     checkpoint, state = run.load_resume_state(cfg) if cfg.resume else (None, {})
     torch.manual_seed(cfg.seed)
     model, tokenizer = run.load_model(cfg, device, checkpoint)
@@ -407,8 +426,10 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     start, samples_seen = state.get("step", 0) + 1, state.get("samples_seen", 0)
     log, interrupt = run.MetricsLog(cfg.out, rank, start), run.Interrupt(rank)
 
-    first_acc = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device) if start == 1 else None
-    if first_acc is not None:
+    evaluating = len(eval_examples) > 0  # --eval-size 0 turns evaluation off
+    first_acc = (evaluate(model, tokenizer, eval_examples, cfg, rank, world, device)
+                 if start == 1 and evaluating else None)
+    if start == 1:
         log({"step": 0, "eval_acc": first_acc, "skipped_long_prompts": skipped})
     last_acc, step = first_acc, start - 1
     bar = tqdm(range(start, cfg.steps + 1), initial=start - 1, total=cfg.steps, disable=rank != 0, desc=cfg.dataset)
@@ -445,12 +466,12 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
                       tokens_generated=int(tokens))
         if device.type == "cuda":
             record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
+        if evaluating and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
             last_acc = record["eval_acc"] = evaluate(model, tokenizer, eval_examples, cfg, rank, world, device)
         record["step_s"] = time.time() - step_start
         log(record)
         bar.set_postfix(reward=f"{record['reward_mean']:.2f}", acc=last_acc)
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps or stop):
+        if rank == 0 and ((cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop):
             run.save_checkpoint(model, tokenizer, optimizer, {"step": step, "samples_seen": samples_seen,
                                                               "config": dataclasses.asdict(cfg)}, Path(cfg.out))
         if stop:
@@ -458,6 +479,8 @@ def train(cfg: Config, make_rollouts=grpo_rollouts) -> None:
     if rank == 0 and first_acc is not None:
         print(f"eval accuracy: {first_acc:.3f} before training, {last_acc:.3f} after {step} steps")
     run.finish(model, device)
+    if lock:
+        lock.close()
 
 
 if __name__ == "__main__":

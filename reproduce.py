@@ -32,7 +32,8 @@ METHODS = {  # name: (script, extra arguments)
 
 
 def run(method: str, seed: int, args) -> Path:
-    """One training run in a subprocess with one CPU thread; skipped when already complete."""
+    """One training run in a subprocess with one CPU thread; skipped when already complete, else
+    started afresh (--overwrite: an interrupted run's files are replaced, never appended to)."""
     out = Path(args.out) / f"{method}-seed{seed}"
     if (out / f"checkpoint-{args.steps}").is_dir():
         return out
@@ -42,7 +43,7 @@ def run(method: str, seed: int, args) -> Path:
                "--prompts-per-step", str(args.prompts_per_step), "--group-size", "8",
                "--eval-every", str(args.eval_every), "--eval-size", str(args.eval_size),
                "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
-               "--save-every", str(args.steps), *extra]
+               "--save-every", str(args.steps), "--overwrite", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(out.parent / f"{out.name}.log", "w") as log:
         subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)

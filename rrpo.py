@@ -46,15 +46,15 @@ class ResetConfig(grpo.Config):
     reset: str = grpo.option("random", "how the reset step is chosen: random (RRPO), self (SRPO), oracle "
                                        "(true first error)")
     max_fresh: int = grpo.option(12, "fresh attempts per prompt to find a wrong solution before falling "
-                                     "back to GRPO")
+                                     "back to GRPO; at least --group-size", at_least=2)
     oracle_noise: float = grpo.option(0.0, "with --reset oracle: chance of a uniformly random step instead, "
-                                           "to blur the oracle")
+                                           "to blur the oracle", at_least=0, at_most=1)
     out: str = grpo.option("runs/rrpo", "output folder: metrics.jsonl and checkpoint-{step}/")
 
     def __post_init__(self):
         super().__post_init__()
         if self.group_size % 2 or self.max_fresh < self.group_size:
-            raise SystemExit(f"--group-size must be even and --max-fresh >= --group-size (got "
+            raise ValueError(f"--group-size must be even and --max-fresh >= --group-size (got "
                              f"{self.group_size} and {self.max_fresh}): half the budget goes to each group.")
 
 

@@ -5,11 +5,14 @@ Plumbing: not needed to understand GRPO, RRPO or SRPO; grpo.train() calls it.
 - examples: the toy task, code problems or a dataset, with evaluation problems held out
   (`load_examples`, `train_and_eval_examples`), and which prompts a process gets at each step;
 - processes: one per GPU under torchrun (`compute_init`, `all_sum`);
-- checkpoints (written whole or not at all), `--resume`, the metrics log, rollout dumps, Ctrl-C;
-- `parse_config`: a config dataclass filled from the command line, each field's help its --help.
+- the output folder (one run at a time, `claim_out`), checkpoints (written whole or not at all),
+  `--resume`, the metrics log, rollout dumps, Ctrl-C;
+- `parse_config`: a config dataclass filled from the command line, each field's help its --help,
+  each field's range checked (`check_ranges`) before anything loads.
 """
 import argparse
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -20,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import safetensors
 import torch
 import torch.distributed as dist
 
@@ -173,7 +177,8 @@ def train_and_eval_examples(cfg, rank: int) -> tuple[list[dict], list[dict]]:
     out of it (the same for every seed), and training drops any problem evaluation uses."""
     train_examples = load_examples(cfg.dataset, True, cfg)
     if cfg.eval_dataset or data.has_test_split(cfg.dataset):
-        eval_examples = load_examples(cfg.eval_dataset or cfg.dataset, False, cfg)[:cfg.eval_size]
+        eval_name = cfg.eval_dataset or cfg.dataset
+        eval_examples = load_examples(eval_name, False, cfg)[:cfg.eval_size] if cfg.eval_size else []
         source = f"'{cfg.eval_dataset}'" if cfg.eval_dataset else f"the test split of '{cfg.dataset}'"
     else:
         order = random.Random("held-out").sample(range(len(train_examples)), len(train_examples))
@@ -186,8 +191,8 @@ def train_and_eval_examples(cfg, rank: int) -> tuple[list[dict], list[dict]]:
     if not cfg.eval_dataset:
         train_examples = [ex for ex in train_examples if ex["question"] not in eval_questions]
     if rank == 0:
-        print(f"Training on {len(train_examples)} problems of '{cfg.dataset}', evaluating on "
-              f"{len(eval_examples)} {source}."
+        print(f"Training on {len(train_examples)} problems of '{cfg.dataset}', "
+              + (f"evaluating on {len(eval_examples)} {source}." if eval_examples else "no evaluation.")
               + (f" {overlap} training problems are also evaluated on." if cfg.eval_dataset and overlap else ""))
     return train_examples, eval_examples
 
@@ -324,17 +329,36 @@ def dump_rollouts(path: Path, step: int, rollouts, advantages: list[float], poli
         path.write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl. A last line cut short (the run was killed while writing
+    it) is dropped with a warning; a damaged line elsewhere is an error that names it."""
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise SystemExit(f"'{path}' line {number} is damaged (not JSON): fix or delete that line, "
+                                 "then resume again.") from None
+            warnings.warn(f"'{path}': dropped its last line, cut short when the run was stopped.")
+    return records
+
+
 class MetricsLog:
     """{out}/metrics.jsonl, one JSON line per step, written by rank 0. A run resumed at
-    `first_step` first drops the lines of the steps after its checkpoint."""
+    `first_step` first drops the lines of the steps after its checkpoint: the kept lines go to a
+    temporary file that replaces the log in one step, so a kill at any point loses none."""
 
     def __init__(self, out: Path, rank: int, first_step: int):
         self.path, self.rank = Path(out) / "metrics.jsonl", rank
         if rank == 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if first_step > 1 and self.path.exists():
-                kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] < first_step]
-                self.path.write_text("".join(line + "\n" for line in kept))
+                kept = [record for record in read_metrics(self.path) if record["step"] < first_step]
+                partial = self.path.with_name(".partial-metrics.jsonl")
+                partial.write_text("".join(json.dumps(record) + "\n" for record in kept))
+                os.replace(partial, self.path)
 
     def __call__(self, record: dict) -> None:
         if self.rank == 0:
@@ -355,6 +379,40 @@ class Interrupt:
         self.requested = True
         if self.rank == 0:
             print("\nInterrupted: saving after this step (Ctrl-C again to quit without saving).")
+
+
+RUN_FILES = ("metrics.jsonl", ".partial-metrics.jsonl", "checkpoint-*", ".partial-checkpoint-*", "rollouts")
+
+
+def claim_out(out: Path, resume: bool, overwrite: bool):
+    """Rank 0's hold on the output folder, so that runs never mix: an exclusive lock on
+    {out}/.lock for the life of the run (the OS releases it however the process ends, kill -9
+    included), and a folder that holds no earlier run unless resumed, or cleared by --overwrite
+    (which deletes only the files a run writes). Returns the locked file: keep it open."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise SystemExit(f"--out '{out}' is in use by another run (it holds '{out / '.lock'}'): wait for that "
+                         "run to end, or pick another --out.") from None
+    earlier = sorted(path.name for path in out.iterdir() if path.name != ".lock")
+    if earlier and not (resume or overwrite):
+        lock.close()
+        listed = ", ".join(earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise SystemExit(f"--out '{out}' is not empty ({listed}): pass --resume to continue the run in it, "
+                         "--overwrite to delete it and start afresh, or pick another --out.")
+    earlier_run = [path for pattern in RUN_FILES for path in out.glob(pattern)]
+    if overwrite and earlier_run:
+        for path in earlier_run:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        print(f"--overwrite: deleted the earlier run in '{out}' ({len(earlier_run)} files and folders).")
+    return lock
 
 
 def newest_checkpoint(out: Path) -> Path | None:
@@ -388,18 +446,38 @@ def save_checkpoint(model, tokenizer, optimizer, state: dict, out: Path) -> Path
     return final
 
 
+# What a resumed run must share with the run it continues: its model, data and seed, and its
+# method (GRPO, whose config has no --reset, or the reset rule of RRPO or SRPO).
+RESUME_MUST_MATCH = ("model", "dataset", "eval_dataset", "question_field", "answer_field", "seed", "reset")
+
+
 def load_resume_state(cfg) -> tuple[Path, dict]:
+    """The newest checkpoint in --out and its trainer state, after checking that it is whole and
+    that it was written by the same kind of run."""
     checkpoint = newest_checkpoint(Path(cfg.out)) if Path(cfg.out).is_dir() else None
     if checkpoint is None:
         raise SystemExit(f"--resume: no checkpoint-<step> folder in '{cfg.out}'. Point --out at the "
-                         "folder of an earlier run, or drop --resume to start fresh.")
+                         "folder of an earlier run, or replace --resume with --overwrite to start afresh.")
     try:
         state = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
         if not {"step", "optimizer"} <= state.keys():
             raise KeyError("step or optimizer state missing")
+        weights = sorted(checkpoint.glob("*.safetensors"))
+        if not weights:
+            raise FileNotFoundError("no .safetensors weights")
+        for path in weights:  # reads the header, which also checks that the file has its full length
+            with safetensors.safe_open(path, "pt"):
+                pass
     except Exception as error:
         raise SystemExit(f"--resume: '{checkpoint}' is not a readable checkpoint ({error}). "
                          "Delete it to resume from the one before.") from None
+    saved, now = state.get("config"), dataclasses.asdict(cfg)
+    changed = [key for key in RESUME_MUST_MATCH if saved is not None and now.get(key) != saved.get(key)]
+    if changed:
+        described = "; ".join(f"--{key.replace('_', '-')} {now.get(key, 'none (GRPO)')} here, "
+                              f"{saved.get(key, 'none (GRPO)')} in the checkpoint" for key in changed)
+        raise SystemExit(f"--resume: this run differs from the one in '{cfg.out}': {described}. Resume with "
+                         "the same flags, or start a new run in another --out.")
     return checkpoint, state
 
 
@@ -408,9 +486,31 @@ def load_resume_state(cfg) -> tuple[Path, dict]:
 # ---------------------------------------------------------------------------------------------
 
 
+def check_ranges(cfg) -> None:
+    """Raises ValueError naming each field of a config dataclass whose value lies outside the
+    range its metadata declares (at_least, above, at_most: see grpo.option), one line per field.
+    None is "unset" and passes. Example: a field `group_size` declared with at_least=2 and set to
+    1 gives "--group-size 1: must be at least 2"."""
+    bad = []
+    for f in dataclasses.fields(cfg):
+        value, low, above, high = (getattr(cfg, f.name), f.metadata.get("at_least"), f.metadata.get("above"),
+                                   f.metadata.get("at_most"))
+        if value is None or (low, above, high) == (None, None, None):
+            continue
+        if not (math.isfinite(value) and (low is None or value >= low) and (above is None or value > above)
+                and (high is None or value <= high)):
+            rules = [f"{word} {bound}" for word, bound in (("at least", low), ("above", above), ("at most", high))
+                     if bound is not None]
+            finite = "" if math.isfinite(value) else "a finite number "
+            bad.append(f"--{f.name.replace('_', '-')} {value}: must be {finite}{' and '.join(rules)}")
+    if bad:
+        raise ValueError("\n".join(bad))
+
+
 def parse_config(config_class, argv=None):
     """Fills a config dataclass from the command line: a --flag per field, its help and choices
-    from the field's metadata (see grpo.option)."""
+    from the field's metadata (see grpo.option). A bad value (the config raises ValueError) exits
+    with argparse's usage message and code 2, before anything loads."""
     parser = argparse.ArgumentParser(description=sys.modules[config_class.__module__].__doc__.split("\n")[0])
     for f in dataclasses.fields(config_class):
         flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
@@ -420,4 +520,7 @@ def parse_config(config_class, argv=None):
             kind = next((t for t in (int, float) if f.type in (t, t | None)), str)
             parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
                                 help=help_text, metavar=f.name.upper())
-    return config_class(**vars(parser.parse_args(argv)))
+    try:
+        return config_class(**vars(parser.parse_args(argv)))
+    except ValueError as error:  # a value out of range, or flags that contradict each other
+        parser.error(str(error))

@@ -38,14 +38,14 @@ import rrpo
 class SRPOConfig(rrpo.ResetConfig):
     reset: str = grpo.option("self", "how the reset step is chosen: self (SRPO), random (RRPO), oracle "
                                      "(true first error)")
-    loc_temperature: float = grpo.option(0.3, "sampling temperature of the localization pass")
+    loc_temperature: float = grpo.option(0.3, "sampling temperature of the localization pass", above=0)
     loc_max_new_tokens: int | None = grpo.option(None, "length cap of the localization reply; default 1024 "
-                                                       "for the toy model, else 4096 (the paper)")
+                                                       "for the toy model, else 4096 (the paper)", at_least=1)
     out: str = grpo.option("runs/srpo", "output folder: metrics.jsonl and checkpoint-{step}/")
 
     def __post_init__(self):
         super().__post_init__()
-        self.loc_max_new_tokens = self.loc_max_new_tokens or (1024 if self.model == "toy" else 4096)
+        self.loc_max_new_tokens = grpo.or_default(self.loc_max_new_tokens, 1024 if self.model == "toy" else 4096)
 
 
 def self_resets(policy, examples, parent_steps, rng, diagnostics):

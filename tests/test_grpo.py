@@ -276,7 +276,8 @@ def test_non_finite_loss_never_reaches_the_weights(tiny_model_dir, tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     rollouts = [grpo.Rollout([5, 6], [7, 8], 1.0, 0), grpo.Rollout([5, 6], [9, 8], 0.0, 0)]
-    cfg = grpo.Config(temperature=0.0)  # logits / 0 -> non-finite log-probs
+    cfg = grpo.Config()
+    cfg.temperature = 0.0  # refused as a flag; set here to make the log-probs non-finite (logits / 0)
     loss, grad_norm, skipped = update(model, optimizer, rollouts, cfg)
     assert skipped == "non-finite"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

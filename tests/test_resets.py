@@ -209,7 +209,7 @@ def test_oracle_without_step_checker_fails_clearly(tiny_tokenizer, cfg):
 
 
 def test_odd_group_size_is_refused():
-    with pytest.raises(SystemExit, match="even"):
+    with pytest.raises(ValueError, match="even"):
         rrpo.ResetConfig(group_size=7)
 
 
