@@ -6,9 +6,10 @@ Math answers take three steps, cheapest first:
    GSM8K-style `#### 42`, else a closing "the answer is 42".
 2. `normalize_answer` drops what does not change the value: `$`, `\left`/`\right`, `\dfrac`,
    `\text{...}` wrappers and units, thousands separators, degree signs, markdown bold, a trailing
-   period, and the percent sign (the MATH convention: `10\%` equals `10`).
+   period, and the percent sign (the MATH convention: `10\%` equals `10`); `inf` is `\infty`.
 3. `is_equiv` compares the normalized strings, then exact numbers (`0.5`, `1/2`, `\frac12`,
-   `2.5e3`), then expressions with sympy. Tuples, intervals and matrices compare element by
+   `2.5e3`), then expressions with sympy: exactly where it can, else to 50 digits relative to the
+   size of the values (`e^{-100}` is not 0). Tuples, intervals and matrices compare element by
    element, sets and comma lists in any order. `x=3` equals `3` when the other side has no `=`.
 
 sympy runs in a separate worker process with a hard time limit: it can take minutes, or all the
@@ -156,6 +157,9 @@ def normalize_answer(answer: str) -> str:
     text = re.sub(r"^\*\*(.*)\*\*", r"\1", text.rstrip(".")).rstrip(".")
     text = re.sub(r"([_^])\{(\w)\}", r"\1\2", text)  # x^{2} is x^2
     text = re.sub(r"\\sqrt\{(\w)\}", r"\\sqrt\1", text)
+    # inf, infinity and ∞ are \infty, and +\infty is \infty (`\inf` is the infimum: kept)
+    text = re.sub(r"(?i)(?<![a-zA-Z\\])(?:inf(?:inity)?|∞)(?![a-zA-Z])", r"\\infty", text)
+    text = re.sub(r"(?:^|(?<=[(\[,]))\+(?=\\infty(?![a-zA-Z]))", "", text)
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):  # a lone number; (2,251,252) is a tuple
         text = text.replace(",", "")
     if re.fullmatch(r"\([A-Ea-e]\)", text):  # a multiple-choice letter
@@ -370,11 +374,23 @@ def _same_expression(pred: str, gold: str) -> bool:
 
     if pred.count("=") != gold.count("="):  # `x-5` is not the equation `x=5`
         return False
-    difference = _to_sympy(pred) - _to_sympy(gold)
+    pred_value, gold_value = _to_sympy(pred), _to_sympy(gold)
+    difference = pred_value - gold_value
     if difference.free_symbols:
         return sympy.simplify(difference) == 0
-    # a constant: evaluating is more reliable than simplify on nested radicals and trigonometry
-    return bool(abs(difference.evalf(50)) < 1e-30)
+    if pred_value.is_infinite or gold_value.is_infinite:  # oo - oo is nan, and oo is no big number
+        return pred_value == gold_value
+    if difference.is_Rational:  # two exact rationals: 2^{-200} is not 3^{-200}
+        return difference == 0
+    # A constant: evaluating is more reliable than simplify on nested radicals and trigonometry.
+    # Relative to the size of the values, so that e^{-100} is not 0; to 50 digits, so that a
+    # rounded value like 1.414 is not \sqrt2.
+    error = abs(difference.evalf(50))
+    if error <= 1e-30 * max(abs(pred_value.evalf(50)), abs(gold_value.evalf(50))):
+        return True
+    # Near 0, evaluating cannot tell a tiny value from a zero that does not cancel exactly
+    # (\sqrt{3+2\sqrt2}-1-\sqrt2 against 0): ask sympy for a proof.
+    return bool(error < 1e-30) and difference.equals(0) is True
 
 
 def _serve_worker() -> None:

@@ -66,6 +66,14 @@ EQUIVALENCES = [
     (r"5.4 \text{ cents}", "5.4", True),
     (r"864 \mbox{ inches}^2", "864", True),
     (r"\frac{270}7\text{ degrees}", r"\frac{270}{7}", True),
+    ("1e-34", "10^{-34}", True),
+    (r"\sqrt{3+2\sqrt{2}}", r"1+\sqrt{2}", True),
+    (r"\sqrt{3+2\sqrt{2}}-1-\sqrt{2}", "0", True),  # a zero that evaluating alone cannot prove
+    (r"\infty", r"+\infty", True),
+    ("inf", r"\infty", True),
+    (r"-\infty", "-inf", True),
+    (r"(-\infty, 3]", "(-inf,3]", True),
+    (r"(0,+\infty)", r"(0,\infty)", True),
     ("2/3", "2", False),
     (r"4\sqrt{2}", "4", False),
     ("1-1/e", "1+1/e", False),
@@ -89,6 +97,11 @@ EQUIVALENCES = [
     ("x^2", "x^3", False),
     ("6+9i", "6-9i", False),
     (r"\infty", r"-\infty", False),
+    ("inf", "-inf", False),
+    (r"\infty", "10^{400}", False),  # infinity is no large number
+    (r"10^{-34}", r"6.63\times10^{-34}", False),  # small numbers compare relatively, not to 0
+    ("2^{-200}", "3^{-200}", False),
+    ("e^{-100}", "0", False),
     (r"\text{east}", r"\text{west}", False),
     (r"\text{ab}", r"\text{ba}", False),  # words are not products of symbols
     ("52_8", "528", False),  # base 8
