@@ -6,14 +6,16 @@ Math answers take three steps, cheapest first:
    GSM8K-style `#### 42`, else a closing "the answer is 42".
 2. `normalize_answer` drops what does not change the value: `$`, `\left`/`\right`, `\dfrac`,
    `\text{...}` wrappers and units, thousands separators, degree signs, markdown bold, a trailing
-   period, and the percent sign (the MATH convention: `10\%` equals `10`).
+   period, and the percent sign (the MATH convention: `10\%` equals `10`); `inf` is `\infty`.
 3. `is_equiv` compares the normalized strings, then exact numbers (`0.5`, `1/2`, `\frac12`,
-   `2.5e3`), then expressions with sympy. Tuples, intervals and matrices compare element by
+   `2.5e3`), then expressions with sympy: exactly where it can, else to 50 digits relative to the
+   size of the values (`e^{-100}` is not 0). Tuples, intervals and matrices compare element by
    element, sets and comma lists in any order. `x=3` equals `3` when the other side has no `=`.
 
-sympy runs in a separate worker process with a hard time limit: it can take minutes, or all the
-memory, on `9^{9^{9^{9}}}`, and a reward function must never hang a training run. Plain numbers,
-the common case, never reach the worker. The benchmark files' gold fields go through
+sympy runs in separate worker processes with a time and a memory limit: it can take minutes, or
+all the memory, on `9^{9^{9^{9}}}`, and a reward function must never hang a training run. Each
+thread that checks at the same time gets a worker of its own, so that no call waits for another's.
+Plain numbers, the common case, never reach a worker. The benchmark files' gold fields go through
 `gold_answer` first.
 
     >>> math_reward(r"so the total is $\boxed{\dfrac{1}{2}}$.", gold_answer("... #### 0.5"))
@@ -43,6 +45,7 @@ from functools import partial
 
 TIMEOUT_SECONDS = 2.0  # hard limit on one symbolic comparison: the worker is killed after it
 WORKER_START_SECONDS = 60.0  # a fresh worker imports sympy first, slow on a busy machine
+WORKER_MEMORY_MB = 1024  # address space of a worker (sympy alone takes 60 MB); read as one starts
 MAX_ANSWER_CHARS = 1000  # a longer final answer is judged wrong without reading it
 
 _BOX = re.compile(r"\\(?:boxed|fbox|framebox)")
@@ -156,6 +159,9 @@ def normalize_answer(answer: str) -> str:
     text = re.sub(r"^\*\*(.*)\*\*", r"\1", text.rstrip(".")).rstrip(".")
     text = re.sub(r"([_^])\{(\w)\}", r"\1\2", text)  # x^{2} is x^2
     text = re.sub(r"\\sqrt\{(\w)\}", r"\\sqrt\1", text)
+    # inf, infinity and ∞ are \infty, and +\infty is \infty (`\inf` is the infimum: kept)
+    text = re.sub(r"(?i)(?<![a-zA-Z\\])(?:inf(?:inity)?|∞)(?![a-zA-Z])", r"\\infty", text)
+    text = re.sub(r"(?:^|(?<=[(\[,]))\+(?=\\infty(?![a-zA-Z]))", "", text)
     if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):  # a lone number; (2,251,252) is a tuple
         text = text.replace(",", "")
     if re.fullmatch(r"\([A-Ea-e]\)", text):  # a multiple-choice letter
@@ -370,51 +376,79 @@ def _same_expression(pred: str, gold: str) -> bool:
 
     if pred.count("=") != gold.count("="):  # `x-5` is not the equation `x=5`
         return False
-    difference = _to_sympy(pred) - _to_sympy(gold)
+    pred_value, gold_value = _to_sympy(pred), _to_sympy(gold)
+    difference = pred_value - gold_value
     if difference.free_symbols:
         return sympy.simplify(difference) == 0
-    # a constant: evaluating is more reliable than simplify on nested radicals and trigonometry
-    return bool(abs(difference.evalf(50)) < 1e-30)
+    if pred_value.is_infinite or gold_value.is_infinite:  # oo - oo is nan, and oo is no big number
+        return pred_value == gold_value
+    if difference.is_Rational:  # two exact rationals: 2^{-200} is not 3^{-200}
+        return difference == 0
+    # A constant: evaluating is more reliable than simplify on nested radicals and trigonometry.
+    # Relative to the size of the values, so that e^{-100} is not 0; to 50 digits, so that a
+    # rounded value like 1.414 is not \sqrt2.
+    error = abs(difference.evalf(50))
+    if error <= 1e-30 * max(abs(pred_value.evalf(50)), abs(gold_value.evalf(50))):
+        return True
+    # Near 0, evaluating cannot tell a tiny value from a zero that does not cancel exactly
+    # (\sqrt{3+2\sqrt2}-1-\sqrt2 against 0): ask sympy for a proof.
+    return bool(error < 1e-30) and difference.equals(0) is True
 
 
-def _serve_worker() -> None:
-    """The worker process: read `[backend, pred, gold]` JSON lines, answer `true` or `false`."""
+def _serve_worker(timeout_seconds: float, memory_mb: int) -> None:
+    """The worker process: read `[backend, pred, gold]` JSON lines, answer `true` or `false`, or
+    `out of memory` (then the parent replaces it: a failed allocation may leave sympy broken)."""
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout = sys.stderr  # a stray print from a library must not break the protocol
-    # imported before "ready", so that no comparison is timed out by an import
+    # imported before "ready", so that no comparison is timed out by an import; simplify imports
+    # more on its first call (half a second)
     import sympy  # noqa: F401
     if importlib.util.find_spec("math_verify"):
         import math_verify  # noqa: F401
+    _equiv("(x+1)^2", "x^2+2x+1", symbolic=True)
 
+    # set after the imports and a first comparison, which must not fail; past it, an allocation
+    # raises MemoryError
+    memory, memory_hard = memory_mb * 2**20, resource.getrlimit(resource.RLIMIT_AS)[1]
+    if memory_hard != resource.RLIM_INFINITY:
+        memory = min(memory, memory_hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory_hard))
+    except ValueError:  # some systems (macOS) refuse a limit on the address space: none there
+        pass
     print("ready", file=answers, flush=True)
     for line in sys.stdin:
         # A CPU limit of its own for each request: a worker whose parent died in the middle of a
         # request (killed, so no atexit) stops a few seconds later instead of running on.
         cpu_seconds = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system
-        limit = int(cpu_seconds + TIMEOUT_SECONDS) + 2  # SIGXCPU kills it past this
+        limit = int(cpu_seconds + timeout_seconds) + 2  # SIGXCPU kills it past this
         resource.setrlimit(resource.RLIMIT_CPU, (limit, resource.getrlimit(resource.RLIMIT_CPU)[1]))
         backend, pred, gold = json.loads(line)
         try:
             if backend == "math_verify":
                 from math_verify import parse, verify
 
-                same = verify(parse(f"${gold}$"), parse(f"${pred}$"))
+                answer = json.dumps(bool(verify(parse(f"${gold}$"), parse(f"${pred}$"))))
             else:
-                same = _equiv(pred, gold, symbolic=True)
+                answer = json.dumps(bool(_equiv(pred, gold, symbolic=True)))
+        except MemoryError:
+            answer = "out of memory"
         except Exception:  # sympy raises many kinds of errors on odd input: all mean "not equal"
-            same = False
-        print(json.dumps(bool(same)), file=answers, flush=True)
+            answer = "false"
+        print(answer, file=answers, flush=True)
 
 
 # The worker loads this file by its path, not by its module name: a copy of this file under another
 # name, without the `__main__` block, or in a folder that is not on sys.path works the same.
 _WORKER_BOOTSTRAP = """
+import signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in a terminal is for the trainer alone
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("_sympy_worker", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
-module._serve_worker()
+module._serve_worker(float(sys.argv[2]), int(sys.argv[3]))
 """
 
 
@@ -426,9 +460,9 @@ class _Worker:
     """
 
     def __init__(self):
-        self.owner = os.getpid()
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_BOOTSTRAP, os.path.abspath(__file__)],
+            [sys.executable, "-c", _WORKER_BOOTSTRAP, os.path.abspath(__file__),
+             str(TIMEOUT_SECONDS), str(WORKER_MEMORY_MB)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         if self._read_line(WORKER_START_SECONDS) != "ready":
@@ -436,46 +470,63 @@ class _Worker:
             raise RuntimeError("the sympy worker did not start; its error, if any, is on stderr")
 
     def _read_line(self, timeout: float) -> str | None:
-        # select() instead of a reader thread: works from any thread and leaves no thread behind
-        readable, _, _ = select.select([self.process.stdout], [], [], timeout)
-        return self.process.stdout.readline().strip() if readable else None
+        # poll() instead of a reader thread: works from any thread and leaves no thread behind;
+        # instead of select(), which fails on the file descriptors above 1023 of a busy process
+        poller = select.poll()
+        poller.register(self.process.stdout, select.POLLIN)
+        return self.process.stdout.readline().strip() if poller.poll(timeout * 1000) else None
 
-    def ask(self, request: list[str], timeout: float) -> bool | None:
+    def ask(self, request: list[str], timeout: float) -> str | None:
         """The worker's answer to `request`, or None when it took over `timeout` or died."""
         try:
             self.process.stdin.write(json.dumps(request) + "\n")
             self.process.stdin.flush()
         except OSError:
             return None
-        return {"true": True, "false": False}.get(self._read_line(timeout))
+        return self._read_line(timeout)
 
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()  # reaps it: no zombie is left behind
 
 
-_worker = None
-_worker_lock = threading.Lock()  # one request at a time on the pipes; other threads wait
+_idle_workers: list[_Worker] = []  # started and waiting; a call takes one, alone, and puts it back
+_idle_lock = threading.Lock()
 
 
 def _compare_in_worker(backend: str, pred: str, gold: str) -> bool:
-    """Ask the worker, started on first use; kill it after a timeout, a new one starts next time."""
-    global _worker
-    with _worker_lock:
-        # a forked child (say, a DataLoader worker) must not share its parent's pipes
-        if _worker is None or _worker.owner != os.getpid() or _worker.process.poll() is not None:
-            _worker = _Worker()
-        answer = _worker.ask([backend, pred, gold], TIMEOUT_SECONDS)
-        if answer is None:
-            _worker.stop()
-            _worker = None
-        return answer is True
+    """Ask an idle worker, or start one when none is idle: as many workers as threads compare at
+    the same time, so that each call keeps its own time limit. A worker that timed out, died or
+    ran out of memory is stopped; a new one starts when it is needed."""
+    with _idle_lock:
+        worker = _idle_workers.pop() if _idle_workers else None
+    if worker is not None and worker.process.poll() is not None:  # killed while idle
+        worker.stop()
+        worker = None
+    worker = worker or _Worker()
+    answer = worker.ask([backend, pred, gold], TIMEOUT_SECONDS)
+    if answer in ("true", "false"):
+        with _idle_lock:
+            _idle_workers.append(worker)
+    else:
+        worker.stop()
+    return answer == "true"
+
+
+def _forget_parent_workers() -> None:
+    """In a forked child (a DataLoader worker, say): the parent's workers and lock are not ours."""
+    global _idle_workers, _idle_lock
+    _idle_workers, _idle_lock = [], threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_workers)
 
 
 @atexit.register
-def _stop_worker() -> None:
-    if _worker is not None and _worker.owner == os.getpid():
-        _worker.stop()
+def _stop_workers() -> None:
+    with _idle_lock:
+        while _idle_workers:
+            _idle_workers.pop().stop()
 
 
 _ASSIGNMENT = re.compile(r"^[a-zA-Z](?:_\w)?(?:=|\\in)")  # `x=`, `x_1=` or `x\in`
@@ -486,8 +537,10 @@ def is_equiv(pred: str | None, gold: str | None, backend: str = "builtin") -> bo
     r"""Whether the predicted answer `pred` equals the `gold` answer (LaTeX strings, gold second).
 
     backend "builtin" is the checker of this file, "math_verify" the math-verify package
-    (`pip install math-verify`). A call takes at most TIMEOUT_SECONDS (plus the start of the
-    worker process on first use), from any thread, and odd input gives False, not an error.
+    (`pip install math-verify`). A call takes at most TIMEOUT_SECONDS, from any number of threads
+    at once (plus the start of a worker process when none is idle: on first use, after a timeout,
+    and for each thread beyond those that checked at once before). Odd input, and a comparison
+    that needs more than WORKER_MEMORY_MB, give False, not an error.
 
     >>> is_equiv(r"\dfrac{1}{2}", "0.5"), is_equiv("x=3", "3"), is_equiv("2/3", "2")
     (True, True, False)

@@ -1,8 +1,11 @@
 """Tests of verify.py's math half: answer extraction, equivalence, gold answers, time bounds, and
 a copy of the file working on its own."""
+import inspect
 import json
 import os
 import re
+import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import verify
 from verify import extract_answer, gold_answer, is_equiv, math_reward, normalize_answer
 
 EQUIVALENCES = [
@@ -66,6 +70,14 @@ EQUIVALENCES = [
     (r"5.4 \text{ cents}", "5.4", True),
     (r"864 \mbox{ inches}^2", "864", True),
     (r"\frac{270}7\text{ degrees}", r"\frac{270}{7}", True),
+    ("1e-34", "10^{-34}", True),
+    (r"\sqrt{3+2\sqrt{2}}", r"1+\sqrt{2}", True),
+    (r"\sqrt{3+2\sqrt{2}}-1-\sqrt{2}", "0", True),  # a zero that evaluating alone cannot prove
+    (r"\infty", r"+\infty", True),
+    ("inf", r"\infty", True),
+    (r"-\infty", "-inf", True),
+    (r"(-\infty, 3]", "(-inf,3]", True),
+    (r"(0,+\infty)", r"(0,\infty)", True),
     ("2/3", "2", False),
     (r"4\sqrt{2}", "4", False),
     ("1-1/e", "1+1/e", False),
@@ -89,6 +101,11 @@ EQUIVALENCES = [
     ("x^2", "x^3", False),
     ("6+9i", "6-9i", False),
     (r"\infty", r"-\infty", False),
+    ("inf", "-inf", False),
+    (r"\infty", "10^{400}", False),  # infinity is no large number
+    (r"10^{-34}", r"6.63\times10^{-34}", False),  # small numbers compare relatively, not to 0
+    ("2^{-200}", "3^{-200}", False),
+    ("e^{-100}", "0", False),
     (r"\text{east}", r"\text{west}", False),
     (r"\text{ab}", r"\text{ba}", False),  # words are not products of symbols
     ("52_8", "528", False),  # base 8
@@ -298,7 +315,7 @@ def test_worker_stops_when_its_parent_is_killed_during_a_comparison():
     parent = (
         "import os, signal, threading, time, verify\n"
         "verify.is_equiv(r'2\\sqrt2', r'\\sqrt8')\n"
-        "print(verify._worker.process.pid, flush=True)\n"
+        "print(verify._idle_workers[0].process.pid, flush=True)\n"
         "threading.Thread(target=verify.is_equiv, args=(r'(9^9)^{9^9}', '9')).start()\n"
         "time.sleep(0.5)\n"
         "os.kill(os.getpid(), signal.SIGKILL)  # no atexit: the worker is left mid-computation\n"
@@ -332,3 +349,157 @@ def test_a_copy_under_another_name_without_the_main_block_works(tmp_path):
     run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=120)
     assert run.stdout == "True False\n", run.stderr
+
+
+# --- workers: time limit per thread, memory limit, signals, open files, no leak ---------------
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads Linux /proc")
+
+
+def child_pids():
+    """The processes this one started: the sympy workers, here."""
+    tasks = Path("/proc/self/task").glob("*/children")
+    return [int(pid) for task in tasks for pid in task.read_text().split()]
+
+
+def running(pid):
+    try:  # an exited child stays a zombie until it is reaped
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def python_command(code):
+    """The command line of a fresh interpreter that runs `code`, with `child_pids` defined."""
+    return [sys.executable, "-c", f"from pathlib import Path\n{inspect.getsource(child_pids)}{code}"]
+
+
+def run_python(code):
+    """The stdout of `code` run by a fresh interpreter in the project folder."""
+    run = subprocess.run(python_command(code), cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def compare_in_threads(pred, gold, n_threads=4):
+    """(verdict, seconds) of each of `n_threads` threads that compare at the same time."""
+    results = [None] * n_threads
+
+    def compare(i):
+        start = time.monotonic()
+        results[i] = (is_equiv(pred, gold), time.monotonic() - start)
+
+    threads = [threading.Thread(target=compare, args=(i,)) for i in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+@linux_only
+def test_workers_are_reused_and_stop_at_exit():
+    for _ in range(10):
+        results = compare_in_threads("(x+1)^2", "x^2+2x+1", n_threads=3)
+        assert [same for same, _ in results] == [True] * 3
+    assert len(child_pids()) <= 3  # at most one worker for each thread that compared at once
+    code = (
+        "import threading, verify\n"
+        "threads = [threading.Thread(target=verify.is_equiv, args=('(x+1)^2', 'x^2+2x+1'))\n"
+        "           for _ in range(2)]\n"
+        "[thread.start() for thread in threads]; [thread.join() for thread in threads]\n"
+        "print(*child_pids())\n"
+    )
+    # stderr not captured: the workers inherit it, and run() would wait for them to close it
+    run = subprocess.run(python_command(code), cwd=Path(__file__).resolve().parents[1],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
+    worker_pids = [int(pid) for pid in run.stdout.split()]
+    assert len(worker_pids) == 2  # the interpreter has exited: its workers must have too
+    time.sleep(0.5)  # init reaps the orphans
+    assert not any(running(pid) for pid in worker_pids)
+
+
+def test_each_thread_keeps_its_own_time_limit(monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(verify, "TIMEOUT_SECONDS", 60.0)  # a slow machine must not time these out
+        # four comparisons of a third of a second each, at once: four workers are started
+        results = compare_in_threads(r"\sin(20x)", r"2\sin(10x)\cos(10x)")
+        assert [same for same, _ in results] == [True] * 4
+    results = compare_in_threads(r"(9^{9})^{9^{9}}", "9")
+    assert [same for same, _ in results] == [False] * 4
+    # with one worker for all, the calls queued: 2, 4, 6 and 8 s
+    assert max(seconds for _, seconds in results) < verify.TIMEOUT_SECONDS + 1.5, results
+    assert all(running(pid) for pid in child_pids())  # the killed workers are reaped: no zombie
+
+
+@linux_only
+def test_a_trainer_with_more_than_1024_open_files():
+    # select() raises ValueError on a file descriptor above 1023; the worker's pipes get one here
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    code = (
+        "import os, resource, verify\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))\n"
+        "files = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]\n"
+        "print(verify.is_equiv('(x+1)^2', 'x^2+2x+1'), verify.is_equiv('(x+1)^2', 'x^2+1'))\n"
+    )
+    assert run_python(code) == "True False\n"
+
+
+@linux_only
+def test_a_comparison_that_runs_out_of_memory_is_false_and_the_next_one_works():
+    # (x+y+z+w)^{999} grows by hundreds of MB a second: the memory limit stops it, not the time
+    code = (
+        "import time, verify\n"
+        "verify.WORKER_MEMORY_MB, verify.TIMEOUT_SECONDS = 200, 60.0\n"
+        "print(verify.is_equiv('(x+1)^2', 'x^2+2x+1'))\n"
+        "limits = open(f'/proc/{child_pids()[0]}/limits').read()\n"
+        "print(next(line for line in limits.splitlines() if 'address' in line).split()[3])\n"
+        "start = time.monotonic()\n"
+        "print(verify.is_equiv('(x+y+z+w)^{999}', '1'), time.monotonic() - start < 60)\n"
+        "print(verify.is_equiv(r'2\\sqrt{2}', r'\\sqrt{8}'))\n"
+    )
+    assert run_python(code).split() == ["True", str(200 * 2**20), "False", "True", "True"]
+
+
+@linux_only
+def test_ctrl_c_goes_to_the_trainer_not_the_worker(monkeypatch):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group, the workers
+    included: the comparison in flight still gets its answer, and no worker dies."""
+    monkeypatch.setattr(verify, "TIMEOUT_SECONDS", 60.0)
+    assert is_equiv("(x+1)^2", "x^2+2x+1")  # a worker is started and idle
+    workers = child_pids()
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(
+        same=is_equiv("(x^2-1)^{30}", "(x-1)^{30}(x+1)^{30}")))  # half a second of sympy
+    thread.start()
+    time.sleep(0.1)
+    for pid in workers:
+        os.kill(pid, signal.SIGINT)
+    thread.join(timeout=120)
+    assert result == {"same": True}
+    time.sleep(0.2)
+    assert all(running(pid) for pid in workers)
+
+
+@linux_only
+def test_a_forked_child_starts_workers_of_its_own():
+    """A DataLoader worker, say: sharing the parent's pipes would mix up the two's answers."""
+    assert is_equiv("(x+1)^2", "x^2+2x+1")
+    parent_workers = child_pids()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its answer and its workers, then exit without pytest's cleanup
+        answer = is_equiv("(x+1)^2", "x^2+2x+1") and not is_equiv("(x+1)^2", "x^2+1")
+        os.write(write_end, json.dumps([answer, child_pids()]).encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as answer:
+        child_answer, child_workers = json.loads(answer.read() or "[false, []]")
+    os.waitpid(child, 0)
+    assert child_answer is True and len(child_workers) == 1
+    assert not set(child_workers) & set(parent_workers)
+    assert set(child_pids()) == set(parent_workers) and is_equiv("(x+1)^2", "x^2+2x+1")
