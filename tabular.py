@@ -39,7 +39,7 @@ reported at each lr against GRPO at the same lr, and at its best lr (highest mea
 the iterations) against GRPO at its own. Nothing in this model punishes a large step, so the
 best lr is the largest of the grid: the by-lr tables show how the comparison turns with the step.
 
-    python tabular.py            # the sweep of docs/tabular-results.md, about a minute on 2 cores
+    python tabular.py            # the sweep of docs/tabular-results.md, about 30 s on 2 cores
     python tabular.py --quick    # a few seconds
 """
 import argparse
@@ -398,9 +398,9 @@ def main():
     began = time.time()
     rows = summarize(simulate(args), args)
     report = (f"Tabular stand-in: n = {args.horizon} steps of 8 types, {args.prompts} prompts x 8 scored rollouts "
-              f"per iteration, {args.iterations} iterations, {args.seeds} seeds, lr grid {args.lrs}, each method at "
-              f"its best lr. Target: halfway from the starting accuracy to GRPO's final. Mean [95% bootstrap "
-              f"interval over seeds].\n\n" + tables(rows, args))
+              f"per iteration, {args.iterations} iterations, {args.seeds} seeds, lr grid {args.lrs}: every method at "
+              f"its best lr, then at every lr against GRPO at the same lr. Target: halfway from the starting accuracy "
+              f"to GRPO's final. Mean [95% bootstrap interval over seeds].\n\n" + tables(rows, args))
     out.mkdir(parents=True, exist_ok=True)
     (out / "tabular-results.md").write_text(report)
     print(report)
