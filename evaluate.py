@@ -239,7 +239,9 @@ def main(cfg: Config) -> dict:
         if len(set(names)) < len(names) or "" in names:
             raise SystemExit(f"--{kind}{'s' if kind == 'benchmark' else ''}: a name is empty or given twice "
                              f"in {names}.")
-    model_labels, benchmark_labels = short_names(models), short_names(benchmarks)
+    # a local file's label goes without its extension: gsm8k/test.jsonl -> gsm8k/test
+    model_labels = short_names(models)
+    benchmark_labels = short_names([str(Path(b).with_suffix("")) if Path(b).is_file() else b for b in benchmarks])
     rank, world, device = run.compute_init()
     problems = {label: load_benchmark(name, cfg) for name, label in zip(benchmarks, benchmark_labels)}
     out = Path(cfg.out)

@@ -106,7 +106,7 @@ def models(tmp_path_factory, tiny_tokenizer):
 
 
 def write_problems(path: Path, golds: list[str]) -> Path:
-    rows = [{"question": f"What is {i} + {int(g) - i}?" + " Think." * i, "answer": g} for i, g in enumerate(golds)]
+    rows = [{"question": f"Problem {i}: what is the sum?" + " Think." * i, "answer": g} for i, g in enumerate(golds)]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -118,9 +118,9 @@ def test_greedy_pass_at_1_is_the_hand_count_and_training_evaluations(models, tin
     problems = write_problems(tmp_path / "sums.jsonl", GOLDS)
     results = evaluate_cli("--model", f"{models['seven']},{models['eight']}", "--benchmarks", problems,
                            "--out", tmp_path / "eval", "--batch-size", "3", "--max-new-tokens", "16")
-    assert results["sums.jsonl"]["seven"]["pass@1"] == pytest.approx(3 / 7)
-    assert results["sums.jsonl"]["eight"]["pass@1"] == pytest.approx(2 / 7)
-    assert results["sums.jsonl"]["seven"]["answered"] == 1.0 and results["sums.jsonl"]["seven"]["n"] == 7
+    assert results["sums"]["seven"]["pass@1"] == pytest.approx(3 / 7)
+    assert results["sums"]["eight"]["pass@1"] == pytest.approx(2 / 7)
+    assert results["sums"]["seven"]["answered"] == 1.0 and results["sums"]["seven"]["n"] == 7
 
     # training's evaluation (grpo.evaluate) on the same problems and settings gives the same number
     cfg = grpo.Config(model=str(models["seven"]), max_new_tokens=16)
@@ -129,7 +129,7 @@ def test_greedy_pass_at_1_is_the_hand_count_and_training_evaluations(models, tin
     assert grpo.evaluate(model, tokenizer, examples, cfg, 0, 1, torch.device("cpu")) == pytest.approx(3 / 7)
 
     table = (tmp_path / "eval" / "results.md").read_text()
-    assert "| sums.jsonl | 7 | 42.9 | 28.6 |" in table
+    assert "| sums | 7 | 42.9 | 28.6 |" in table
 
 
 def evaluate_on_two_processes(rank, argv, port):
@@ -169,30 +169,30 @@ def test_two_processes_give_exactly_the_results_of_one(sharded_and_single):
         assert (one / name).read_text() == (two / name).read_text(), name
     # the random model's responses differ from problem to problem and from sample to sample, so a
     # shuffled order or a sampling seed that depends on the process would show
-    records = [json.loads(line) for line in (one / "random" / "sums.jsonl.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (one / "random" / "sums.jsonl").read_text().splitlines()]
     assert len({r["response"] for r in records}) > 1
     assert any(len({s["response"] for s in r["samples"]}) > 1 for r in records)
 
 
 def test_the_jsonl_rescores_to_the_table(sharded_and_single):
     one, _ = sharded_and_single
-    results = json.loads((one / "results.json").read_text())["results"]
-    table = (one / "results.md").read_text()
-    for benchmark in ("sums.jsonl",):
-        for model in ("seven", "random"):
-            lines = (one / model / f"{benchmark}.jsonl").read_text().splitlines()
-            records = [json.loads(line) for line in lines]
-            assert [r["index"] for r in records] == list(range(7))
-            greedy = [verify.math_reward(r["response"], r["gold"]) for r in records]
-            assert greedy == [r["reward"] for r in records]
-            assert results[benchmark][model]["pass@1"] == pytest.approx(sum(greedy) / 7)
-            right = [sum(verify.math_reward(s["response"], r["gold"]) for s in r["samples"]) for r in records]
-            assert results[benchmark][model]["pass@3"] == pytest.approx(sum(c > 0 for c in right) / 7)
-            assert results[benchmark][model]["mean@3"] == pytest.approx(sum(right) / 21)
-            assert all(r["prompt"].endswith("<|assistant|>") and "Problem: " + r["question"] in r["prompt"]
-                       for r in records)
-    assert results["sums.jsonl"]["seven"]["pass@1"] == pytest.approx(3 / 7)
-    assert f"| sums.jsonl | 7 | {100 * 3 / 7:.1f} |" in table
+    results = json.loads((one / "results.json").read_text())["results"]["sums"]
+    rescored = {}
+    for model in ("seven", "random"):
+        records = [json.loads(line) for line in (one / model / "sums.jsonl").read_text().splitlines()]
+        assert [r["index"] for r in records] == list(range(7)) and [r["gold"] for r in records] == GOLDS
+        assert all(r["prompt"].endswith("<|assistant|>") and f"Problem: {r['question']}" in r["prompt"]
+                   for r in records)
+        greedy = [verify.math_reward(r["response"], r["gold"]) for r in records]
+        assert greedy == [r["reward"] for r in records]
+        right = [int(sum(verify.math_reward(s["response"], r["gold"]) for s in r["samples"])) for r in records]
+        rescored[model] = {"pass@1": sum(greedy) / 7, "mean@3": sum(right) / 21,
+                           "pass@2": sum(evaluate.pass_at_k(3, c, 2) for c in right) / 7,
+                           "pass@3": sum(c > 0 for c in right) / 7}
+        assert {k: results[model][k] for k in rescored[model]} == pytest.approx(rescored[model])
+    assert rescored["seven"]["pass@1"] == pytest.approx(3 / 7)
+    row = f"| sums | 7 | {100 * rescored['seven']['pass@1']:.1f} | {100 * rescored['random']['pass@1']:.1f} |"
+    assert row in (one / "results.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,12 +222,16 @@ def test_check_agreement_needs_math_verify(models, tmp_path):
 
 def test_check_agreement_counts_both_checkers(models, tmp_path):
     pytest.importorskip("math_verify")
-    problems = write_problems(tmp_path / "sums.jsonl", GOLDS)
+    # against the answer 7: math-verify drops the base of 7_8 and reads 7e0 as 7 times Euler's number
+    problems = write_problems(tmp_path / "sums.jsonl", ["7", "8", "7_8", "7e0"])
     results = evaluate_cli("--model", models["seven"], "--benchmarks", problems, "--out", tmp_path / "eval",
                            "--max-new-tokens", "16", "--check-agreement")
-    assert results["sums.jsonl"]["seven"]["checker_agreement"] == 1.0  # plain integers: no checker differs
+    assert results["sums"]["seven"]["pass@1"] == 0.5 and results["sums"]["seven"]["checker_agreement"] == 0.5
     records = [json.loads(line) for line in (tmp_path / "eval" / "seven" / "sums.jsonl").read_text().splitlines()]
-    assert [r["math_verify"] for r in records] == [r["reward"] for r in records]
+    assert [r["reward"] for r in records] == [1.0, 0.0, 0.0, 1.0]
+    assert [r["math_verify"] for r in records] == [1.0, 0.0, 1.0, 0.0]
+    assert "| verify.py = math-verify | n | seven |\n| --- | --- | --- |\n| sums | 4 | 50.0 |" in \
+        (tmp_path / "eval" / "results.md").read_text()
 
 
 def test_smollm2_on_two_shared_benchmarks_end_to_end(smollm2_gguf, smollm2_model, smollm2_tokenizer, shared_data,
