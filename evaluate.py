@@ -22,6 +22,7 @@ do not depend on the number of processes. Writes, in --out:
     torchrun --nproc_per_node 8 evaluate.py --model Qwen2.5-1.5B-Instruct --benchmarks gsm8k,lcb --samples 16
     python evaluate.py --model model.gguf --benchmarks gsm8k,math500 --data-dir ../shared/data --limit 8
 """
+import dataclasses
 import importlib.util
 import json
 import math
@@ -59,10 +60,12 @@ class Config:
                                         "../shared/data) instead of the hub")
     limit: int | None = option(None, "evaluate the first N problems of each benchmark only")
     samples: int = option(0, "also sample N responses per problem at --temperature: mean@N and pass@k")
-    max_new_tokens: int | None = option(None, "response budget; default training's (4096, 96 for toy)")
+    max_new_tokens: int | None = option(None, "response budget; default: that of the first checkpoint's "
+                                              "training run, else training's default (4096, 96 for toy)")
     max_thought_tokens: int | None = option(None, "a thought ends at </thought> or after this many tokens; "
-                                                  "default training's (256, 16 for toy)")
-    max_thoughts: int = option(grpo.Config.max_thoughts, "a response ends after this many thoughts")
+                                                  "default as --max-new-tokens (256, 16 for toy)")
+    max_thoughts: int | None = option(None, "a response ends after this many thoughts; default as "
+                                            "--max-new-tokens (20)")
     temperature: float = option(grpo.Config.temperature, "temperature of --samples (greedy pass@1 ignores it)")
     top_p: float = option(grpo.Config.top_p, "nucleus sampling of --samples")
     batch_size: int = option(32, "prompts per generate call (divided by --samples when sampling)")
@@ -120,17 +123,29 @@ def load_benchmark(name: str, cfg: Config) -> list[dict]:
     return examples[:cfg.limit] if cfg.limit is not None else examples
 
 
-def generation_settings(cfg: Config, model: str) -> grpo.Config:
-    """The training config of a model, with this run's limits: training's defaults fill the rest
-    (for instance 4096 new tokens, or 96 for the toy model)."""
-    return grpo.Config(model=model, max_new_tokens=cfg.max_new_tokens, max_thought_tokens=cfg.max_thought_tokens,
-                       max_thoughts=cfg.max_thoughts, temperature=cfg.temperature, top_p=cfg.top_p,
-                       dtype=cfg.dtype, seed=cfg.seed)
+LIMITS = ("max_new_tokens", "max_thought_tokens", "max_thoughts")
 
 
-def response_record(tokenizer, example: dict, chain, reward: float) -> dict:
+def generation_settings(cfg: Config, models: list[str]) -> grpo.Config:
+    """One training config that every model is evaluated with (a table compares models under the
+    same limits). Each limit is the one given here, else the one the first checkpoint among the
+    models was trained with (its trainer_state.pt), else training's default for the first model."""
+    trained = {}
+    for name in models:
+        state = Path(name) / "trainer_state.pt"
+        if state.is_file():  # mmap: the optimizer state it also holds is not read
+            config = torch.load(state, map_location="cpu", mmap=True, weights_only=False)["config"]
+            trained = {limit: config[limit] for limit in LIMITS}
+            break
+    limits = {limit: getattr(cfg, limit) if getattr(cfg, limit) is not None else trained.get(limit)
+              for limit in LIMITS}
+    if limits["max_thoughts"] is None:
+        limits["max_thoughts"] = grpo.Config.max_thoughts
+    return grpo.Config(model=models[0], **limits, temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype)
+
+
+def response_record(example: dict, chain, text: str, reward: float) -> dict:
     """One response as the JSONL shows it: its text, the answer (or program) read from it, the verdict."""
-    text = localize.decode(tokenizer, chain.ids)
     extracted = verify.extract_code(text) if "tests" in example else verify.extract_answer(text)
     return {"response": text, "extracted": extracted, "reward": reward, "finish": chain.finish,
             "tokens": len(chain.ids)}
@@ -152,9 +167,10 @@ def generate_batches(model, tokenizer, examples, gen: grpo.Config, n: int, batch
             chains = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], max(n, 1), gen.max_new_tokens,
                             gen.temperature, gen.top_p, greedy=n == 0, max_thought_tokens=gen.max_thought_tokens,
                             max_thoughts=gen.max_thoughts)
-            flat = [(ex, chain) for ex, group in zip(chunk, chains) for chain in group]
-            scores = data.rewards([ex for ex, _ in flat], [localize.decode(tokenizer, c.ids) for _, c in flat])
-            records = iter(response_record(tokenizer, ex, chain, score) for (ex, chain), score in zip(flat, scores))
+            flat = [(ex, chain, localize.decode(tokenizer, chain.ids)) for ex, group in zip(chunk, chains)
+                    for chain in group]
+            scores = data.rewards([ex for ex, _, _ in flat], [text for _, _, text in flat])
+            records = iter(response_record(*response, score) for response, score in zip(flat, scores))
             for i, group in zip(batch, chains):
                 out[examples[i]["index"]] = [next(records) for _ in group]
             bar.update(len(chunk))
@@ -226,6 +242,23 @@ def markdown_table(results: dict, models: list[str], metric: str, title: str) ->
     return "\n".join(lines) + "\n"
 
 
+def write_report(results: dict, models: list[str], settings: dict, cfg: Config) -> None:
+    """results.md (the tables, also printed) and results.json."""
+    titles = {"pass@1": "pass@1 (greedy)"}
+    if cfg.samples:
+        titles[f"mean@{cfg.samples}"] = f"mean@{cfg.samples} (T={cfg.temperature})"
+    if cfg.samples > 1:
+        titles[f"pass@{cfg.samples}"] = f"pass@{cfg.samples} (T={cfg.temperature})"
+    if cfg.check_agreement:
+        titles["checker_agreement"] = "verify.py agrees with math-verify"
+    tables = "\n".join(markdown_table(results, models, metric, title) for metric, title in titles.items())
+    out = Path(cfg.out)
+    (out / "results.md").write_text(tables)
+    (out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
+    print("\n" + tables + f"\nWritten: {out / 'results.md'}, {out / 'results.json'}, and one JSONL per "
+          f"benchmark and model in {out}/<model>/.")
+
+
 def main(cfg: Config) -> dict:
     if not cfg.model:
         raise SystemExit("Pass --model: one or more models, comma-separated (hub ids, short names, "
@@ -235,23 +268,22 @@ def main(cfg: Config) -> dict:
     if cfg.samples < 0 or cfg.batch_size < 1 or (cfg.limit is not None and cfg.limit < 1):
         raise SystemExit("--samples must be at least 0, --batch-size and --limit at least 1.")
     models, benchmarks = cfg.model.split(","), cfg.benchmarks.split(",")
-    for kind, names in (("model", models), ("benchmark", benchmarks)):
+    for flag, names in (("--model", models), ("--benchmarks", benchmarks)):
         if len(set(names)) < len(names) or "" in names:
-            raise SystemExit(f"--{kind}{'s' if kind == 'benchmark' else ''}: a name is empty or given twice "
-                             f"in {names}.")
-    # a local file's label goes without its extension: gsm8k/test.jsonl -> gsm8k/test
+            raise SystemExit(f"{flag}: a name is empty or given twice in {names}.")
     model_labels = short_names(models)
+    # a local file's label goes without its extension: gsm8k/test.jsonl -> gsm8k/test
     benchmark_labels = short_names([str(Path(b).with_suffix("")) if Path(b).is_file() else b for b in benchmarks])
     rank, world, device = run.compute_init()
     problems = {label: load_benchmark(name, cfg) for name, label in zip(benchmarks, benchmark_labels)}
-    out = Path(cfg.out)
+    gen = generation_settings(cfg, models)
+    settings = {"models": dict(zip(model_labels, models)), **{limit: getattr(gen, limit) for limit in LIMITS},
+                "temperature": gen.temperature, "top_p": gen.top_p, "samples": cfg.samples, "limit": cfg.limit}
+    if rank == 0:
+        print("Generation limits: " + ", ".join(f"{limit} {getattr(gen, limit)}" for limit in LIMITS))
     results = {label: {} for label in benchmark_labels}
-    settings = {}
     for model_name, model_label in zip(models, model_labels):
-        gen = generation_settings(cfg, model_name)
-        settings[model_label] = {"model": model_name, "max_new_tokens": gen.max_new_tokens,
-                                 "max_thought_tokens": gen.max_thought_tokens, "max_thoughts": gen.max_thoughts}
-        model, tokenizer = run.load_model(gen, device)
+        model, tokenizer = run.load_model(dataclasses.replace(gen, model=model_name), device)
         model.eval()
         context = getattr(model.config, "max_position_embeddings", 10**9)
         for benchmark, loaded in problems.items():
@@ -267,7 +299,7 @@ def main(cfg: Config) -> dict:
                     for r in records:
                         if r["gold"] is not None:
                             r["math_verify"] = float(verify.is_equiv(r["extracted"], r["gold"], backend="math_verify"))
-                path = out / file_name(model_label) / f"{file_name(benchmark)}.jsonl"
+                path = Path(cfg.out) / file_name(model_label) / f"{file_name(benchmark)}.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(json.dumps(r) + "\n" for r in records))
                 results[benchmark][model_label] = summarize(records, cfg.samples)
@@ -275,18 +307,7 @@ def main(cfg: Config) -> dict:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if rank == 0:
-        titles = {"pass@1": "pass@1 (greedy)"}
-        if cfg.samples:
-            titles[f"mean@{cfg.samples}"] = f"mean@{cfg.samples} (T={cfg.temperature})"
-        if cfg.samples > 1:
-            titles[f"pass@{cfg.samples}"] = f"pass@{cfg.samples} (T={cfg.temperature})"
-        if cfg.check_agreement:
-            titles["checker_agreement"] = "verify.py = math-verify"
-        tables = "\n".join(markdown_table(results, model_labels, metric, title) for metric, title in titles.items())
-        (out / "results.md").write_text(tables)
-        (out / "results.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1) + "\n")
-        print("\n" + tables + f"\nWritten: {out / 'results.md'}, {out / 'results.json'}, and one JSONL per "
-              f"benchmark and model in {out}/<model>/.")
+        write_report(results, model_labels, settings, cfg)
     if dist.is_initialized():
         dist.destroy_process_group()
     return results

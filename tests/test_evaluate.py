@@ -1,6 +1,7 @@
 """evaluate.py: pass@k against hand computations and the binomial formula, greedy pass@1 against a
 model whose answers are known and against training's evaluation, two processes against one, the
 per-problem JSONL against the table, and SmolLM2 on two real benchmarks end to end."""
+import dataclasses
 import json
 import math
 import os
@@ -66,6 +67,23 @@ def test_summary_and_table_by_hand():
     table = evaluate.markdown_table(results, ["a", "b"], "pass@1", "pass@1 (greedy)").splitlines()
     assert table[0] == "| pass@1 (greedy) | n | a | b |"
     assert table[2:] == ["| gsm8k | 8 | 50.0 | 25.0 |", "| math500 | 8 | 12.5 | 0.0 |", "| average | | 31.2 | 12.5 |"]
+
+
+def test_limits_come_from_the_flags_then_the_checkpoints_training_run_then_trainings_defaults(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    trained = grpo.Config(model="HuggingFaceTB/SmolLM2-135M-Instruct", max_new_tokens=300, max_thought_tokens=40,
+                          max_thoughts=7)
+    torch.save({"optimizer": {}, "step": 3, "config": dataclasses.asdict(trained)}, checkpoint / "trainer_state.pt")
+
+    def limits(models, *flags):
+        gen = evaluate.generation_settings(run.parse_config(evaluate.Config, list(flags)), models)
+        return gen.max_new_tokens, gen.max_thought_tokens, gen.max_thoughts
+
+    assert limits(["Qwen/Qwen2.5-1.5B", str(checkpoint)]) == (300, 40, 7)  # the base model is evaluated alike
+    assert limits([str(checkpoint)], "--max-new-tokens", "100", "--max-thoughts", "3") == (100, 40, 3)
+    assert limits(["Qwen/Qwen2.5-1.5B"]) == (4096, 256, 20)
+    assert limits(["toy"]) == (96, 16, 20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,7 +248,7 @@ def test_check_agreement_counts_both_checkers(models, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "eval" / "seven" / "sums.jsonl").read_text().splitlines()]
     assert [r["reward"] for r in records] == [1.0, 0.0, 0.0, 1.0]
     assert [r["math_verify"] for r in records] == [1.0, 0.0, 1.0, 0.0]
-    assert "| verify.py = math-verify | n | seven |\n| --- | --- | --- |\n| sums | 4 | 50.0 |" in \
+    assert "| verify.py agrees with math-verify | n | seven |\n| --- | --- | --- |\n| sums | 4 | 50.0 |" in \
         (tmp_path / "eval" / "results.md").read_text()
 
 
