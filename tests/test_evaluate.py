@@ -86,6 +86,14 @@ def test_limits_come_from_the_flags_then_the_checkpoints_training_run_then_train
     assert limits(["toy"]) == (96, 16, 20)
 
 
+def test_a_checkpoint_loads_the_tokenizer_it_was_saved_with(tiny_model_dir, tiny_tokenizer):
+    """A tokenizer built in code (the toy's, the tests') in a Qwen2 folder: AutoTokenizer alone would
+    give Qwen2's pre-tokenizer and other ids, so a toy checkpoint would be evaluated on garbage."""
+    model, tokenizer = run.load_model(grpo.Config(model=str(tiny_model_dir)), torch.device("cpu"))
+    text = data.format_prompt(tiny_tokenizer, "Natalia sold clips to 48 of her friends in April.")
+    assert tokenizer(text).input_ids == tiny_tokenizer(text).input_ids
+
+
 # ---------------------------------------------------------------------------------------------
 # Models whose answers are known
 # ---------------------------------------------------------------------------------------------
