@@ -2,9 +2,9 @@ r"""Evaluate models on the paper's benchmarks: greedy pass@1, one row per benchm
 per model, the table papers report.
 
 The prompt (`data.format_prompt`), the thought-by-thought generation (`generation.sample`) and the
-answer checking (`data.rewards`, that is verify.py) are the code training uses, with training's
-limits unless set here, so a number from this file equals training's `eval_acc` on the same
-problems. With `--samples n`, each problem also gets n responses at the training temperature:
+answer checking (`data.rewards`, that is verify.py) are the code training uses, with the limits a
+checkpoint was trained with (else training's defaults) unless set here, so a number from this file
+equals training's `eval_acc` on the same problems. With `--samples n`, each problem also gets n responses at the training temperature:
 
     mean@n = mean over problems of c/n,    pass@k = mean over problems of 1 - C(n-c, k) / C(n, k)
 
