@@ -52,12 +52,24 @@ def resolve_model_name(name: str) -> str:
                      f"'HuggingFaceTB/{name}'), a local folder, or a .gguf file.")
 
 
+def load_tokenizer(name: str, **extra):
+    """AutoTokenizer, except for a tokenizer saved as the generic TokenizersBackend (one built in
+    code, like the toy's): transformers 5 loads it from a Qwen2 folder as Qwen2Tokenizer, whose own
+    pre-tokenizer replaces the saved one and changes the ids."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(name) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") == "TokenizersBackend":
+        return PreTrainedTokenizerFast.from_pretrained(name, **extra)
+    return AutoTokenizer.from_pretrained(name, **extra)
+
+
 def load_model(cfg, device, path: Path | None = None, lora: bool = True):
     """The policy and its tokenizer (from `path`, a checkpoint, instead of cfg.model if given).
     Left padding: generation appends on the right. With --lora-rank (and `lora`), the base model
     is always cfg.model, and a checkpoint's adapter is loaded on top of it."""
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     if cfg.model == "toy" and path is None:
         import toy  # builds its tokenizer and model in code: imported only for the toy model
@@ -71,7 +83,7 @@ def load_model(cfg, device, path: Path | None = None, lora: bool = True):
             if hasattr(transformers, "GgufConfig"):  # else recent versions may keep untrainable GGUF blocks
                 model_extra = {"quantization_config": transformers.GgufConfig(dequantize=True)}
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name, **extra)
+            tokenizer = load_tokenizer(name, **extra)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **extra, **model_extra)
         except (OSError, ValueError) as error:
             raise SystemExit(f"Cannot load the model '{source}': {error}") from None
