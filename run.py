@@ -71,7 +71,7 @@ def load_model(cfg, device, path: Path | None = None, lora: bool = True):
     import transformers
     from transformers import AutoModelForCausalLM
 
-    if cfg.model == "toy" and path is None:
+    if cfg.model == "toy" and (path is None or (cfg.lora_rank and lora)):
         import toy  # builds its tokenizer and model in code: imported only for the toy model
 
         model, tokenizer = toy.load_baby_model()
