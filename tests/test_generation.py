@@ -183,7 +183,7 @@ def test_generation_with_stopping_on_smollm2(smollm2_model, smollm2_tokenizer):
     budget, max_thought_tokens = 40, 12
     chains = generation.sample(model, tokenizer, prompts, 1, budget, greedy=True, max_thought_tokens=max_thought_tokens,
                          max_thoughts=3)
-    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, thought_model.device)
+    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, model.device)
     plain = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     stop = generation.eos_ids(model, tokenizer)
