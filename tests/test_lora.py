@@ -64,13 +64,15 @@ def test_lora_trains_only_the_adapters_and_learns(sharp_model_dir, tmp_path):
     assert torch.allclose(logits_of(merged, ids), logits_of(adapted, ids), atol=1e-5)
 
 
-def test_lora_resume_restores_the_adapter_and_the_optimizer(sharp_model_dir, tmp_path):
+def test_lora_resume_restores_the_adapter_and_the_optimizer(tiny_model_dir, tmp_path):
     out, problems = tmp_path / "run", write_problems(tmp_path / "d.jsonl")
-    lora = ("--lora-rank", "4", "--lr", "1e-2", "--group-size", "8", "--max-new-tokens", "2")
+    # The default tiny model, whose first-token distribution LoRA barely moves: step 3 still has
+    # groups with unequal rewards, so it updates (the sharp model would have learnt by then).
+    lora = ("--lora-rank", "4", "--lr", "1e-2", "--group-size", "8", "--max-new-tokens", "2", "--prompts-per-step", "4")
     rewarded = first_token_rollouts(set(range(200, 264)))
-    grpo.train(run.parse_config(grpo.Config, argv=tiny_run_args(sharp_model_dir, problems, out, "--steps", "2", *lora)),
+    grpo.train(run.parse_config(grpo.Config, argv=tiny_run_args(tiny_model_dir, problems, out, "--steps", "2", *lora)),
                make_rollouts=rewarded)
-    cfg = run.parse_config(grpo.Config, argv=tiny_run_args(sharp_model_dir, problems, out, "--steps", "3", "--resume",
+    cfg = run.parse_config(grpo.Config, argv=tiny_run_args(tiny_model_dir, problems, out, "--steps", "3", "--resume",
                                                            *lora))
     saved, _ = run.load_model(cfg, torch.device("cpu"), out / "checkpoint-2")
     state = torch.load(out / "checkpoint-2" / "trainer_state.pt", weights_only=False)
