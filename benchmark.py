@@ -127,6 +127,9 @@ def trl_steps(cfg: BenchConfig, model, tokenizer, examples: list[dict], device) 
 
     timer = Timer()
     with tempfile.TemporaryDirectory() as out:
+        if cfg.beta > 0:  # TRL loads its reference model from the model's folder, which a .gguf lacks
+            model.save_pretrained(f"{out}/reference")
+            model.config._name_or_path = f"{out}/reference"
         # One optimizer step per batch of prompts_per_step x group_size completions, generated
         # at once; micro-batches of one group, as our --micro-batch does by default.
         args = GRPOConfig(
