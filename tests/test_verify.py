@@ -400,11 +400,13 @@ def compare_in_threads(pred, gold, n_threads=4):
 
 @linux_only
 def test_workers_are_reused_and_stop_at_exit():
-    before = len(child_pids())  # idle workers that earlier tests in this process started
+    before = len(child_pids())  # workers that earlier tests in this process started
     for _ in range(10):
         results = compare_in_threads("(x+1)^2", "x^2+2x+1", n_threads=3)
         assert [same for same, _ in results] == [True] * 3
-    assert len(child_pids()) <= max(before, 3)  # at most one worker for each thread that compared at once
+    # 30 calls, at most 3 at once: at most one new worker per thread (on a loaded machine a call
+    # may time out and its worker be replaced, so the earlier ones are not counted on)
+    assert len([pid for pid in child_pids() if running(pid)]) <= before + 3
     code = (
         "import threading, verify\n"
         "threads = [threading.Thread(target=verify.is_equiv, args=('(x+1)^2', 'x^2+2x+1'))\n"
