@@ -102,12 +102,11 @@ def trl_steps(cfg: BenchConfig, model, tokenizer, examples: list[dict], device) 
         raise SystemExit("--trl needs TRL: pip install trl") from None
 
     batches = [run.step_examples(examples, step, cfg, 0, 1) for step in range(cfg.repeats + 1)]
-    rows = [{"prompt": tokenizer.decode(ex["prompt_ids"]), "index": i}
-            for i, ex in enumerate(ex for batch in batches for ex in batch)]
-    by_index = [ex for batch in batches for ex in batch]
+    problems = [ex for batch in batches for ex in batch]  # in TRL's order: it does not shuffle here
+    rows = [{"prompt": tokenizer.decode(ex["prompt_ids"]), "index": i} for i, ex in enumerate(problems)]
 
     def reward(prompts, completions, index, **kwargs):  # the same answer checking as ours
-        return data.rewards([by_index[i] for i in index], completions)
+        return data.rewards([problems[i] for i in index], completions)
 
     class Timer(TrainerCallback):
         def __init__(self):

@@ -71,12 +71,13 @@ def load_model(cfg, device, path: Path | None = None, lora: bool = True):
     import transformers
     from transformers import AutoModelForCausalLM
 
-    if cfg.model == "toy" and (path is None or (cfg.lora_rank and lora)):
+    adapted = bool(cfg.lora_rank and lora)
+    source = cfg.model if adapted or path is None else path  # the weights to load: an adapter's base, or a checkpoint
+    if source == "toy":
         import toy  # builds its tokenizer and model in code: imported only for the toy model
 
         model, tokenizer = toy.load_baby_model()
     else:
-        source = cfg.model if cfg.lora_rank and lora else (path or cfg.model)
         name, extra, model_extra = resolve_model_name(str(source)), {}, {}
         if name.endswith(".gguf"):
             name, extra = str(Path(name).parent), {"gguf_file": Path(name).name}
@@ -91,7 +92,7 @@ def load_model(cfg, device, path: Path | None = None, lora: bool = True):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model.to(device=device, dtype=weights_dtype(cfg, device, lora))
-    if cfg.lora_rank and lora:
+    if adapted:
         add_lora(model, cfg, path)
     if cfg.grad_checkpointing or (cfg.grad_checkpointing is None and model.num_parameters() > 1e9):
         # Non-reentrant: it also works when no input of a block needs grad (frozen LoRA embeddings).
