@@ -66,8 +66,10 @@ class Config:
                                                   "default as --max-new-tokens (256, 16 for toy)")
     max_thoughts: int | None = option(None, "a response ends after this many thoughts; default as "
                                             "--max-new-tokens (20)")
-    temperature: float = option(grpo.Config.temperature, "temperature of --samples (greedy pass@1 ignores it)")
-    top_p: float = option(grpo.Config.top_p, "nucleus sampling of --samples")
+    temperature: float | None = option(None, "temperature of --samples (greedy pass@1 ignores it); default: "
+                                             "training's (1 for a baby model, else 0.7)", above=0)
+    top_p: float | None = option(None, "nucleus sampling of --samples; default: training's (1 for a baby "
+                                       "model, else 0.95)", above=0, at_most=1)
     batch_size: int = option(32, "prompts per generate call (divided by --samples when sampling)")
     check_agreement: bool = option(False, "also judge the math answers with math-verify and report how "
                                           "often it agrees with verify.py (pip install math-verify)")
@@ -246,9 +248,9 @@ def write_report(results: dict, models: list[str], settings: dict, cfg: Config) 
     """results.md (the tables, also printed) and results.json."""
     titles = {"pass@1": "pass@1 (greedy)"}
     if cfg.samples:
-        titles[f"mean@{cfg.samples}"] = f"mean@{cfg.samples} (T={cfg.temperature})"
+        titles[f"mean@{cfg.samples}"] = f"mean@{cfg.samples} (T={settings['temperature']})"
     if cfg.samples > 1:
-        titles[f"pass@{cfg.samples}"] = f"pass@{cfg.samples} (T={cfg.temperature})"
+        titles[f"pass@{cfg.samples}"] = f"pass@{cfg.samples} (T={settings['temperature']})"
     if cfg.check_agreement:
         titles["checker_agreement"] = "verify.py agrees with math-verify"
     tables = "\n".join(markdown_table(results, models, metric, title) for metric, title in titles.items())

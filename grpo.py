@@ -71,9 +71,11 @@ def or_default(value, default):
 
 @dataclass
 class Config:
-    model: str = option("toy", "hub id, short name (Qwen2.5-1.5B), local folder, .gguf file, or toy")
-    dataset: str | None = option(None, "gsm8k, math500, aime24, amc23, minerva, olympiadbench, toy, code, "
-                                       "lcb, hub id or local file; default toy for the toy model, else gsm8k")
+    model: str = option("toy", "hub id, short name (Qwen2.5-1.5B), local folder, .gguf file, or a baby model: "
+                               "toy, or toy-hard (slips mostly on multiplications)")
+    dataset: str | None = option(None, "gsm8k, math500, aime24, amc23, minerva, olympiadbench, toy (or toy-N: "
+                                       "chains of N operations), code, lcb, hub id or local file; default toy "
+                                       "for a baby model, else gsm8k")
     eval_dataset: str | None = option(None, "same choices; default: the test split of --dataset, or problems "
                                             "held out of it")
     question_field: str | None = option(None, "field holding the question in a local/hub dataset (detected "
@@ -91,9 +93,10 @@ class Config:
     max_thought_tokens: int | None = option(None, "a thought ends at </thought> or after this many tokens; "
                                                   "default 16 for the toy model, else 256", at_least=1)
     max_thoughts: int = option(20, "a response ends after this many thoughts", at_least=1)
-    temperature: float = option(0.7, "sampling temperature; the log-probs are computed at the same "
-                                     "temperature", above=0)
-    top_p: float = option(0.95, "nucleus sampling", above=0, at_most=1)
+    temperature: float | None = option(None, "sampling temperature; the log-probs are computed at the same "
+                                             "temperature; default 1 for a baby model, else 0.7", above=0)
+    top_p: float | None = option(None, "nucleus sampling; default 1 (none) for a baby model, else 0.95",
+                                 above=0, at_most=1)
     lr: float | None = option(None, "peak learning rate of AdamW; default 5e-5 for the toy model and LoRA "
                                     "(the paper), else 1e-6", at_least=0)
     weight_decay: float = option(0.01, "AdamW weight decay", at_least=0)
@@ -104,8 +107,12 @@ class Config:
     updates_per_batch: int = option(1, "passes over each rollout batch; 1 = on-policy, the paper's setting; "
                                        "more use PPO's clipped ratio", at_least=1)
     loss_agg: str = option("seq-mean", "seq-mean (the paper) or token-mean", choices=["seq-mean", "token-mean"])
-    eval_every: int = option(20, "steps between evaluations (greedy pass@1); 0 = only at the end", at_least=0)
+    eval_every: int = option(20, "steps between evaluations; 0 = only at the end", at_least=0)
     eval_size: int = option(100, "problems in each evaluation; 0 = no evaluation", at_least=0)
+    eval_temperature: float | None = option(None, "0 = greedy pass@1; above 0 = the share of problems solved "
+                                                  "by one sample at this temperature; default: the sampling "
+                                                  "temperature for a baby model (its slips are sampled, greedy "
+                                                  "decoding hides them), else 0", at_least=0)
     save_every: int = option(50, "steps between checkpoints; 0 = only the final one, which is always written",
                              at_least=0)
     out: str = option("runs/grpo", "output folder: metrics.jsonl and checkpoint-{step}/")
@@ -129,8 +136,11 @@ class Config:
     def __post_init__(self):
         # The toy model is tiny and its solutions short; a pretrained model follows the paper
         # where it is specific (section 5), except the lr: the paper's 5e-5 is for LoRA.
-        toy = self.model == "toy"
+        toy = run.is_baby_model(self.model)
         self.dataset = or_default(self.dataset, "toy" if toy else "gsm8k")
+        self.temperature = or_default(self.temperature, 1.0 if toy else 0.7)
+        self.top_p = or_default(self.top_p, 1.0 if toy else 0.95)
+        self.eval_temperature = or_default(self.eval_temperature, self.temperature if toy else 0.0)
         self.prompts_per_step = or_default(self.prompts_per_step, 16 if toy else 32)
         self.mini_batches = or_default(self.mini_batches, 1 if toy else None)  # None: see train_on_rollouts
         self.max_new_tokens = or_default(self.max_new_tokens, 96 if toy else 4096)
@@ -382,16 +392,18 @@ def train_on_rollouts(model, ref_model, optimizer, rollouts, advantages, cfg, pa
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, examples, cfg, rank, world, device, batch=32) -> float:
-    """Greedy pass@1 in eval mode, with the training run's thought-by-thought limits; each
-    process scores its share of the problems."""
+def evaluate(model, tokenizer, examples, cfg, rank, world, device, batch=64) -> float:
+    """Greedy pass@1 in eval mode (or one sample per problem at --eval-temperature), with the
+    training run's thought-by-thought limits; each process scores its share of the problems."""
     was_training = model.training
     model.eval()
+    torch.manual_seed(rank)  # sampled evaluations draw the same random numbers at every step of every run
     shard = examples[rank::world]
     correct = 0.0
     for i in range(0, len(shard), batch):
         chunk = shard[i:i + batch]
-        chains = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens, greedy=True,
+        chains = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens,
+                        temperature=cfg.eval_temperature or 1.0, top_p=cfg.top_p, greedy=not cfg.eval_temperature,
                         max_thought_tokens=cfg.max_thought_tokens, max_thoughts=cfg.max_thoughts)
         correct += sum(rewards(chunk, [localize.decode(tokenizer, chain.ids) for (chain,) in chains]))
     model.train(was_training)

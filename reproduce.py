@@ -1,21 +1,32 @@
-"""A small-scale reproduction of the paper's comparison on the built-in toy task, on a CPU.
+"""Where do resets pay? The paper's comparison on the built-in toy task, swept over the regime the
+theory names (PAPER.md section 6), on a CPU.
 
 GRPO, RRPO (random resets), SRPO (self resets) and oracle resets (the true first wrong step, the
-credit-assignment oracle of the paper's theory) train the same warm-started baby model with the
-same budget of scored rollouts per step, over several seeds. Each run is an ordinary training run
-(`grpo.train`), two at a time in subprocesses; then this script reads their metrics and writes
+credit-assignment oracle of the theory) train the same warm-started baby model (toy.py) with the
+same hyperparameters and the same budget of scored rollouts per step, at several horizons (chains
+of N operations: the longer, the lower the starting accuracy) and several seeds. Oracle resets
+blurred by noise (a random step instead, with some probability) give the gain as a function of
+localization accuracy; noise 1 is RRPO. Each run is an ordinary training run (`grpo.train` in a
+subprocess, two at a time); this script reads their metrics and writes
 
-    {out}/results.md    accuracy at fixed rollout budgets, rollouts to reach a target accuracy,
-                        self-localization against the oracle, correction rates by prefix
-    {out}/curves.png    eval accuracy against rollouts sampled, mean and band over seeds
-                        (needs matplotlib: pip install matplotlib)
+    {out}/results.md, results.json   per horizon: final accuracy with a 95% interval over seeds,
+                                     the gain over GRPO (paired by seed), rollouts and generated
+                                     tokens to reach a target, localization; the noise sweep
+    {out}/gain-vs-start.png          gain over GRPO against starting accuracy, one line per method
+    {out}/gain-vs-localization.png   gain over GRPO against how often the reset step is the first
+                                     wrong one
+    {out}/curves.png                 accuracy against rollouts and against generated tokens
+    (the figures need matplotlib: pip install matplotlib)
 
-    python reproduce.py                     # defaults: 4 methods x 3 seeds
-    python reproduce.py --seeds 0 1 --steps 10 --out runs/quick
-    python reproduce.py --oracle-noise 0.5 1.0     # also blurred oracles: localization quality
+    python reproduce.py            # the full sweep: 3 horizons x 4 methods x 5 seeds, + noise
+    python reproduce.py --quick    # 1 seed, fewer steps: a smoke test of the whole pipeline
+
+Accuracy is the share of 500 held-out problems solved by one sample at the training temperature
+(`--eval-temperature`): the baby model's slips are sampled, and greedy decoding hides them.
 """
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -29,20 +40,30 @@ METHODS = {  # name: (script, extra arguments)
     "srpo": ("srpo.py", ["--reset", "self"]),
     "oracle": ("rrpo.py", ["--reset", "oracle"]),
 }
+RESET_METHODS = ["rrpo", "srpo", "oracle"]
+# Student t quantiles for a two-sided 95% interval, by degrees of freedom.
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
 
 
-def run(method: str, seed: int, args) -> Path:
+def noise_method(noise: float) -> str:
+    return f"oracle-noise{noise:g}"
+
+
+def run(method: str, horizon: int, seed: int, args) -> Path:
     """One training run in a subprocess with one CPU thread; skipped when already complete, else
     started afresh (--overwrite: an interrupted run's files are replaced, never appended to)."""
-    out = Path(args.out) / f"{method}-seed{seed}"
+    out = Path(args.out) / f"ops{horizon}" / f"{method}-seed{seed}"
     if (out / f"checkpoint-{args.steps}").is_dir():
         return out
-    script, extra = METHODS[method]
-    command = [sys.executable, str(Path(__file__).parent / script), "--model", "toy", "--dataset", "toy",
-               "--out", str(out), "--seed", str(seed), "--steps", str(args.steps),
-               "--prompts-per-step", str(args.prompts_per_step), "--group-size", "8",
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if method.startswith("oracle-noise"):
+        script, extra = "rrpo.py", ["--reset", "oracle", "--oracle-noise", method.removeprefix("oracle-noise")]
+    else:
+        script, extra = METHODS[method]
+    command = [sys.executable, str(Path(__file__).parent / script), "--model", args.model,
+               "--dataset", f"toy-{horizon}", "--out", str(out), "--seed", str(seed), "--steps", str(args.steps),
+               "--prompts-per-step", str(args.prompts_per_step), "--group-size", "8", "--lr", str(args.lr),
                "--eval-every", str(args.eval_every), "--eval-size", str(args.eval_size),
-               "--max-new-tokens", str(args.max_new_tokens), "--lr", str(args.lr),
                "--save-every", str(args.steps), "--overwrite", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(out.parent / f"{out.name}.log", "w") as log:
@@ -54,113 +75,199 @@ def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def eval_curve(lines: list[dict]) -> list[tuple[int, float]]:
-    """(rollouts sampled so far, eval accuracy), starting at (0, accuracy before training)."""
-    return [(line.get("samples_seen", 0), line["eval_acc"]) for line in lines if "eval_acc" in line]
+def eval_curve(lines: list[dict]) -> list[tuple[int, int, float]]:
+    """(rollouts sampled, tokens generated, eval accuracy) at each evaluation, from step 0."""
+    curve, tokens = [], 0
+    for line in lines:
+        tokens += line.get("tokens_generated", 0)
+        if line.get("eval_acc") is not None:
+            curve.append((line.get("samples_seen", 0), tokens, line["eval_acc"]))
+    return curve
 
 
-def mean_sd(values: list[float]) -> str:
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student t interval of the mean (0 for one value)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def show(values: list[float], digits: int = 3) -> str:
     if not values:
         return "-"
-    sd = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
+    mean, half = interval(values)
+    return f"{mean:.{digits}f} ± {half:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
-def mean_of(lines: list[dict], key: str, steps=None) -> float | None:
-    values = [line[key] for line in lines if line.get(key) is not None and (steps is None or line["step"] in steps)]
+def first_reaching(curve, target: float):
+    """The first (rollouts, tokens) at which the accuracy reaches `target`, or None."""
+    return next(((rollouts, tokens) for rollouts, tokens, acc in curve if acc >= target), None)
+
+
+def mean_metric(lines: list[dict], key: str) -> float | None:
+    values = [line[key] for line in lines if line.get(key) is not None]
     return statistics.mean(values) if values else None
 
 
-def summarize(runs: dict, args) -> str:
-    """The markdown results table from the runs' metrics."""
-    curves = {m: [eval_curve(read_metrics(out)) for out in outs] for m, outs in runs.items()}
-    budgets = [budget for budget, _ in curves["grpo"][0]]
-    rows = ["| method | " + " | ".join(f"acc @ {b} rollouts" for b in budgets) + f" | rollouts to {args.target:.2f} |",
-            "| --- |" + " --- |" * (len(budgets) + 1)]
-    for method, method_curves in curves.items():
-        cells = [mean_sd([dict(curve).get(b) for curve in method_curves if b in dict(curve)]) for b in budgets]
-        reached = [next((b for b, acc in curve if acc >= args.target), None) for curve in method_curves]
-        hit = [r for r in reached if r is not None]
-        to_target = f"{statistics.mean(hit):.0f} ({len(hit)}/{len(reached)} seeds)" if hit else f"not reached (0/{len(reached)})"
-        rows.append(f"| {method} | " + " | ".join(cells) + f" | {to_target} |")
-
-    diag = ["| method | reset step = first error | too early | too late | parse failures | correction, clean prefix | correction, wrong prefix | suffix acc | fresh acc |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for method in [m for m in runs if m != "grpo"]:
-        all_lines = [read_metrics(out) for out in runs[method]]
-        cell = lambda key, lines_list=all_lines: mean_sd([v for v in (mean_of(lines, key) for lines in lines_list) if v is not None])
-        diag.append(f"| {method} | {cell('loc_exact')} | {cell('loc_early')} | {cell('loc_late')} | "
-                    f"{cell('loc_parse_fail_frac')} | {cell('suffix_acc_clean_prefix')} | "
-                    f"{cell('suffix_acc_wrong_prefix')} | {cell('suffix_acc')} | {cell('fresh_acc')} |")
-
-    third = max(args.steps // 3, 1)
-    srpo_lines = [read_metrics(out) for out in runs["srpo"]]
-    phases = [("first third", range(1, third + 1)), ("last third", range(args.steps - third + 1, args.steps + 1))]
-    loc = [f"| {name} | " + mean_sd([v for v in (mean_of(lines, "loc_exact", set(steps)) for lines in srpo_lines)
-                                     if v is not None]) + " |" for name, steps in phases]
-    return "\n".join([
-        f"Eval accuracy (greedy, {args.eval_size} toy problems) after a number of scored rollouts, "
-        f"mean ± sd over seeds {args.seeds}:", "", *rows, "",
-        "Resets (means over all steps, then mean ± sd over seeds):", "", *diag, "",
-        "SRPO self-localization: share of resets at the true first wrong step, over training:", "",
-        "| steps | SRPO reset step = first error |", "| --- | --- |", *loc, ""])
+def horizon_stats(runs: dict[str, dict[int, Path]]) -> dict:
+    """The numbers of one horizon: per method, per seed final accuracy, gain over GRPO's run of the
+    same seed, rollouts and tokens to the target, localization and token cost."""
+    curves = {m: {seed: eval_curve(read_metrics(out)) for seed, out in outs.items()} for m, outs in runs.items()}
+    start = statistics.mean(curve[0][2] for curve in curves["grpo"].values())
+    grpo_final = {seed: curve[-1][2] for seed, curve in curves["grpo"].items()}
+    target = start + (statistics.mean(grpo_final.values()) - start) / 2  # halfway from start to GRPO's final
+    stats = {"start_acc": start, "target": target, "methods": {}}
+    for method, by_seed in curves.items():
+        metrics = {seed: read_metrics(runs[method][seed]) for seed in by_seed}
+        reached = {seed: first_reaching(curve, target) for seed, curve in by_seed.items()}
+        stats["methods"][method] = {
+            "final": [curve[-1][2] for curve in by_seed.values()],
+            "gain": [curve[-1][2] - grpo_final[seed] for seed, curve in by_seed.items() if seed in grpo_final],
+            "area": [statistics.mean(acc for _, _, acc in curve[1:]) - statistics.mean(
+                acc for _, _, acc in curves["grpo"][seed][1:]) for seed, curve in by_seed.items() if seed in grpo_final],
+            "rollouts_to_target": [r[0] for r in reached.values() if r],
+            "tokens_to_target": [r[1] for r in reached.values() if r],
+            "seeds": len(by_seed),
+            "tokens_per_rollout": [curve[-1][1] / max(curve[-1][0], 1) for curve in by_seed.values()],
+            "loc_exact": [v for v in (mean_metric(lines, "loc_exact") for lines in metrics.values()) if v is not None],
+            "suffix_acc_clean_prefix": [v for v in (mean_metric(lines, "suffix_acc_clean_prefix")
+                                                    for lines in metrics.values()) if v is not None],
+            "curves": {seed: curve for seed, curve in by_seed.items()},
+        }
+    return stats
 
 
-def plot(runs: dict, path: Path) -> bool:
+def summarize(stats: dict, args) -> str:
+    """The markdown report of a sweep."""
+    lines = [f"Baby model `{args.model}`, {args.steps} steps x {args.prompts_per_step} prompts x 8 rollouts, "
+             f"lr {args.lr}, seeds {args.seeds}. Accuracy: one sample per problem at temperature 1 on "
+             f"{args.eval_size} held-out problems. Means ± half-width of the 95% t interval over seeds; "
+             "gains are paired by seed (the same data order and evaluation draws).", ""]
+    for horizon, h in stats["horizons"].items():
+        lines += [f"### Chains of {horizon} operations: starting accuracy {h['start_acc']:.3f}", "",
+                  f"Target for the rollouts-to-target columns: {h['target']:.3f} (halfway from the start to "
+                  "GRPO's final accuracy).", "",
+                  "| method | final accuracy | gain over GRPO | mean-accuracy gain over training | rollouts to target "
+                  "| generated tokens to target | tokens per rollout | reset step = first error | "
+                  "correction from a clean prefix |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for method, m in h["methods"].items():
+            reach = f"{show(m['rollouts_to_target'], 0)} ({len(m['rollouts_to_target'])}/{m['seeds']})"
+            tokens = f"{show(m['tokens_to_target'], 0)} ({len(m['tokens_to_target'])}/{m['seeds']})"
+            gain = show(m["gain"]) if method != "grpo" else "-"
+            area = show(m["area"]) if method != "grpo" else "-"
+            lines.append(f"| {method} | {show(m['final'])} | {gain} | {area} | {reach} | {tokens} | "
+                         f"{show(m['tokens_per_rollout'], 1)} | {show(m['loc_exact'])} | "
+                         f"{show(m['suffix_acc_clean_prefix'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(stats: dict, out: Path) -> bool:
+    """The three figures; False when matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    horizons = stats["horizons"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, outs in runs.items():
-        curves = [eval_curve(read_metrics(out)) for out in outs]
-        budgets = [b for b, _ in curves[0]]
-        accs = [[dict(c).get(b, float("nan")) for c in curves] for b in budgets]
-        mean = [statistics.mean(a) for a in accs]
-        low, high = [min(a) for a in accs], [max(a) for a in accs]
-        ax.plot(budgets, mean, label=method)
-        ax.fill_between(budgets, low, high, alpha=0.2)
-    ax.set_xlabel("scored rollouts sampled")
-    ax.set_ylabel("eval accuracy (greedy)")
-    ax.set_title("toy task: mean over seeds, band = min..max")
+    for method in RESET_METHODS:
+        points = sorted((h["start_acc"], *interval(h["methods"][method]["gain"])) for h in horizons.values()
+                        if h["methods"].get(method, {}).get("gain"))
+        if points:
+            x, y, err = zip(*points)
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=method)
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xlabel("starting accuracy (longer chains to the left)")
+    ax.set_ylabel("final accuracy minus GRPO's")
+    ax.set_title("gain over GRPO, 95% interval over seeds")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(out / "gain-vs-start.png", dpi=120)
+    plt.close(fig)
+
+    noise_h = horizons.get(str(stats["noise_horizon"]))
+    if noise_h:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, m in noise_h["methods"].items():
+            if method == "grpo" or not m["loc_exact"] or not m["gain"]:
+                continue
+            mean, half = interval(m["gain"])
+            ax.errorbar([statistics.mean(m["loc_exact"])], [mean], yerr=[half], marker="o", capsize=3,
+                        linestyle="none", label=method)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_xlabel("reset step = true first wrong step (share of resets)")
+        ax.set_ylabel("final accuracy minus GRPO's")
+        ax.set_title(f"chains of {stats['noise_horizon']} operations: gain against localization")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "gain-vs-localization.png", dpi=120)
+        plt.close(fig)
+
+    fig, axes = plt.subplots(2, len(horizons), figsize=(4 * len(horizons), 6.5), squeeze=False)
+    for column, (horizon, h) in enumerate(horizons.items()):
+        for method in ["grpo", *RESET_METHODS]:
+            curves = list(h["methods"][method]["curves"].values())
+            for row, index in enumerate((0, 1)):
+                x = [statistics.mean(c[i][index] for c in curves) for i in range(len(curves[0]))]
+                y = [statistics.mean(c[i][2] for c in curves) for i in range(len(curves[0]))]
+                axes[row][column].plot(x, y, label=method)
+        axes[0][column].set_title(f"{horizon} operations")
+        axes[0][column].set_xlabel("scored rollouts")
+        axes[1][column].set_xlabel("generated tokens")
+    axes[0][0].set_ylabel("accuracy (mean over seeds)")
+    axes[1][0].set_ylabel("accuracy (mean over seeds)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=120)
+    plt.close(fig)
     return True
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per method and seed")
-    parser.add_argument("--steps", type=int, default=40, help="training steps per run")
-    parser.add_argument("--prompts-per-step", type=int, default=16, help="prompts per step (8 rollouts each)")
-    parser.add_argument("--eval-every", type=int, default=5, help="steps between evaluations")
-    parser.add_argument("--eval-size", type=int, default=200, help="toy problems per evaluation")
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="response length cap")
-    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate")
-    parser.add_argument("--target", type=float, default=0.85, help="accuracy for the rollouts-to-target column")
-    parser.add_argument("--oracle-noise", type=float, nargs="*", default=[],
-                        help="also run oracle resets replaced by a random step with these probabilities")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 8 steps, 200 eval problems, 2 horizons")
+    parser.add_argument("--model", default="toy", choices=["toy", "toy-hard"], help="the baby model")
+    parser.add_argument("--horizons", type=int, nargs="+", default=[2, 4, 8], help="operations per problem")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one run per method and seed")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per run")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step (8 rollouts each)")
+    parser.add_argument("--eval-every", type=int, default=4, help="steps between evaluations")
+    parser.add_argument("--eval-size", type=int, default=500, help="held-out problems per evaluation")
+    parser.add_argument("--lr", type=float, default=1e-4, help="learning rate, the same for every method")
+    parser.add_argument("--oracle-noise", type=float, nargs="*", default=[0.25, 0.5],
+                        help="oracle resets replaced by a random step with these probabilities")
+    parser.add_argument("--noise-horizon", type=int, default=None,
+                        help="horizon of the noise sweep; default: the longest")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--out", default="runs/reproduce", help="output folder")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.steps, args.eval_size, args.eval_every = args.seeds[:1], 8, 200, 4
+        args.horizons, args.oracle_noise = [args.horizons[0], args.horizons[-1]], args.oracle_noise[:1]
+    args.noise_horizon = args.noise_horizon or max(args.horizons)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     import toy
 
-    toy.load_baby_model()  # warm-start once, before the parallel runs share the cache
-    for noise in args.oracle_noise:  # oracle resets blurred: a random step with this probability
-        METHODS[f"oracle-noise{noise}"] = ("rrpo.py", ["--reset", "oracle", "--oracle-noise", str(noise)])
-    jobs = [(method, seed) for seed in args.seeds for method in METHODS]
+    toy.load_baby_model(settings=toy.MODELS[args.model])  # warm-start once, before the runs share the cache
+    jobs = [(method, horizon, seed) for seed in args.seeds for horizon in args.horizons for method in METHODS]
+    jobs += [(noise_method(noise), args.noise_horizon, seed) for seed in args.seeds for noise in args.oracle_noise]
     with ThreadPoolExecutor(args.workers) as pool:
         outs = list(pool.map(lambda job: run(*job, args), jobs))
-    runs = {method: [out for (m, _), out in zip(jobs, outs) if m == method] for method in METHODS}
-    report = summarize(runs, args)
+    runs = {}
+    for (method, horizon, seed), out in zip(jobs, outs):
+        runs.setdefault(horizon, {}).setdefault(method, {})[seed] = out
+    stats = {"noise_horizon": args.noise_horizon, "settings": vars(args),
+             "horizons": {str(h): horizon_stats(runs[h]) for h in args.horizons}}
+    report = summarize(stats, args)
     (Path(args.out) / "results.md").write_text(report)
+    (Path(args.out) / "results.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(report)
-    if plot(runs, Path(args.out) / "curves.png"):
-        print(f"figure: {Path(args.out) / 'curves.png'}")
+    if plot(stats, Path(args.out)):
+        print(f"figures: {args.out}/gain-vs-start.png, gain-vs-localization.png, curves.png")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -64,6 +65,11 @@ def load_tokenizer(name: str, **extra):
     return AutoTokenizer.from_pretrained(name, **extra)
 
 
+def is_baby_model(name) -> bool:
+    """Whether `name` is one of toy.py's baby models ("toy", "toy-hard"), built in code."""
+    return name in ("toy", "toy-hard")
+
+
 def load_model(cfg, device, path: Path | None = None, lora: bool = True):
     """The policy and its tokenizer (from `path`, a checkpoint, instead of cfg.model if given).
     Left padding: generation appends on the right. With --lora-rank (and `lora`), the base model
@@ -73,10 +79,10 @@ def load_model(cfg, device, path: Path | None = None, lora: bool = True):
 
     adapted = bool(cfg.lora_rank and lora)
     source = cfg.model if adapted or path is None else path  # the weights to load: an adapter's base, or a checkpoint
-    if source == "toy":
+    if is_baby_model(source):
         import toy  # builds its tokenizer and model in code: imported only for the toy model
 
-        model, tokenizer = toy.load_baby_model()
+        model, tokenizer = toy.load_baby_model(settings=toy.MODELS[source])
     else:
         name, extra, model_extra = resolve_model_name(str(source)), {}, {}
         if name.endswith(".gguf"):
@@ -124,7 +130,7 @@ def add_lora(model, cfg, checkpoint: Path | None = None) -> None:
     from safetensors.torch import load_file
 
     config = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                        base_model_name_or_path=resolve_model_name(cfg.model) if cfg.model != "toy" else None)
+                        base_model_name_or_path=resolve_model_name(cfg.model) if not is_baby_model(cfg.model) else None)
     inject_adapter_in_model(config, model)
     for parameter in model.parameters():
         if parameter.requires_grad:  # only the adapters: float32, whatever the base weights are
@@ -170,11 +176,15 @@ def merged_state_dict(model, layers: dict) -> dict:
 
 def load_examples(name: str, train: bool, cfg) -> list[dict]:
     """Examples as dicts with "question" and a gold "answer" (or "tests" for code problems)."""
-    if name == "toy":
+    if name == "toy" or re.fullmatch(r"toy-\d+", name):
         import toy
 
+        n_ops = int(name[4:]) if name != "toy" else toy.DEFAULT_N_OPS
+        if not 1 <= n_ops <= toy.MAX_N_OPS:
+            raise SystemExit(f"--dataset {name}: the baby models learned chains of 1 to {toy.MAX_N_OPS} "
+                             f"operations; choose toy-1 to toy-{toy.MAX_N_OPS}.")
         # The eval problems do not depend on --seed, so runs with different seeds are comparable.
-        examples = toy.make_examples(5000, seed=cfg.seed) if train else toy.make_examples(500, seed=10**6)
+        examples = toy.make_examples(5000, cfg.seed, n_ops) if train else toy.make_examples(500, 10**6, n_ops)
         return [dict(example, step_checker=toy.first_wrong_step) for example in examples]
     if name in ("code", "lcb"):
         import code_tasks

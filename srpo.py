@@ -45,7 +45,7 @@ class SRPOConfig(rrpo.ResetConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.loc_max_new_tokens = grpo.or_default(self.loc_max_new_tokens, 1024 if self.model == "toy" else 4096)
+        self.loc_max_new_tokens = grpo.or_default(self.loc_max_new_tokens, 1024 if run.is_baby_model(self.model) else 4096)
 
 
 def self_resets(policy, examples, parent_steps, rng, diagnostics):

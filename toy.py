@@ -16,6 +16,7 @@ then cached). `load_baby_model()` is what `python grpo.py` trains by default, an
 
 prints its measured answer and localization accuracy (`evaluate`).
 """
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -41,11 +42,9 @@ import verify
 from localize import DELIMITER
 
 OPERATIONS = {"+": "add", "-": "subtract", "*": "multiply by"}
-# The baby model learns chains of 1..DEFAULT_N_OPS operations on values up to DEFAULT_MAX_VALUE;
-# longer chains or larger numbers are outside what it has seen, and it fails most of them.
-DEFAULT_N_OPS = 6  # operations per problem: the baby model solves about 70% of these
-DEFAULT_MAX_VALUE = 20  # every value of a chain stays in 1..DEFAULT_MAX_VALUE
-EASY_N_OPS = 2  # short chains, which the baby model solves about 95% of
+MAX_N_OPS = 8  # the baby model learns chains of 1..MAX_N_OPS operations
+DEFAULT_N_OPS = 4  # operations per problem of `--dataset toy`; `--dataset toy-N` has N
+DEFAULT_MAX_VALUE = 9  # every value of a chain stays in 1..DEFAULT_MAX_VALUE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +104,15 @@ def chain_steps(value, ops):
         steps.append(format_step(value, operator, operand, result, boxed=k == len(ops)))
         value = result
     return steps
+
+
+def chain_values(value, ops):
+    """The values after each of `ops`, starting from `value`: chain_values(7, [("+", 5)]) == [12]."""
+    values = []
+    for operator, operand in ops:
+        value = apply(value, operator, operand)
+        values.append(value)
+    return values
 
 
 def format_step(value, operator, operand, result, boxed):
@@ -206,50 +214,94 @@ def inject_error(example, step, rng, mistake=None):
 # The baby model
 # ---------------------------------------------------------------------------------------------
 
+def slipping_steps(example, rng, slip_rate, multiply_slip_rate=None):
+    r"""A solution by a solver that slips: each step's result is off by 1 or 2 with probability
+    `slip_rate` (`multiply_slip_rate` for a multiplication, when given), and later steps carry on
+    from the value shown, as a solver who does not notice would.
+
+    >>> slipping_steps({"start": 7, "ops": [("+", 5), ("*", 3)]}, random.Random(0), slip_rate=1.0)
+    ['7+5=13</thought>', '13*3=\\boxed{38}</thought>']
+    """
+    value, steps, ops = example["start"], [], example["ops"]
+    for k, (operator, operand) in enumerate(ops, 1):
+        result = apply(value, operator, operand)
+        rate = multiply_slip_rate if operator == "*" and multiply_slip_rate is not None else slip_rate
+        slips = [slip for slip in (result - 2, result - 1, result + 1, result + 2)
+                 if min([slip, *chain_values(slip, ops[k:])]) >= 0]  # no negative value
+        if rng.random() < rate and slips:
+            result = rng.choice(slips)
+        steps.append(format_step(value, operator, operand, result, boxed=k == len(ops)))
+        value = result
+    return steps
+
+
 @dataclass(frozen=True)
 class BabySettings:
     """How the baby model is built and warm-started; a hash of these names its cache folder."""
     hidden_size: int = 128  # width of the transformer
     n_layers: int = 4  # transformer blocks
     n_heads: int = 4  # attention heads
-    sft_steps: int = 900  # optimizer steps of the supervised warm start
-    batch_size: int = 32  # sequences per step
+    sft_steps: int = 1500  # optimizer steps of the supervised warm start
+    batch_size: int = 16  # sequences per step
     lr: float = 3e-3  # peak AdamW learning rate: linear warmup, then cosine decay to a tenth
-    localize_fraction: float = 0.6  # share of the sequences that teach localization
+    localize_fraction: float = 0.5  # share of the sequences that teach localization
+    slip_rate: float = 0.15  # chance that a step of a taught solution has a wrong result
+    multiply_slip_rate: float | None = None  # the same for multiplications; None: slip_rate
     tokenizer_problems: int = 1000  # problems whose texts train the tokenizer
     seed: int = 0  # seeds the data, the initialisation and the tokenizer
 
 
-def localization_reply(steps, first_wrong):
+# The baby models `--model` can name. "toy" slips alike on every kind of step; "toy-hard" has a
+# systematic weakness: it slips on multiplications (about 15% of the steps) 7 times as often as on
+# other steps, and about as often per step overall.
+MODELS = {"toy": BabySettings(), "toy-hard": BabySettings(slip_rate=0.08, multiply_slip_rate=0.55)}
+
+
+def localization_reply(example, steps, first_wrong):
     r"""What the baby model learns to answer to `localize.localization_prompt(question, steps)`:
-    each step up to the first wrong one, copied and judged, then the wrong step's number boxed.
+    each step up to the first wrong one, copied, next to the step as it should read, and judged;
+    then the wrong step's number, boxed.
 
-    A tiny network cannot name the wrong step in one token; copying each step before judging it
-    puts the step next to the previous one and the verdict, where the checks are local. Even so
-    the baby model learns this only partly (`evaluate` measures how well).
+    A tiny network cannot judge a step in one token. Writing the right step out (the value of the
+    step before, the question's operation, the result) next to the copied one turns the judgement
+    into comparing two neighbouring strings.
 
-    >>> print(localization_reply(["7+5=12</thought>", "12*3=35</thought>", "35-4=\\boxed{31}"], 2))
-    Step 1: 7+5=12 is right.
-    Step 2: 12*3=35 is wrong.
+    >>> example = {"start": 7, "ops": [("+", 5), ("*", 3), ("-", 4)]}
+    >>> print(localization_reply(example, ["7+5=12</thought>", "12*3=35</thought>", "35-4=\\boxed{31}"], 2))
+    Step 1: 7+5=12 vs 7+5=12, right.
+    Step 2: 12*3=35 vs 12*3=36, wrong.
     \boxed{2}
     """
-    verdicts = [f"Step {k}: {step.replace(DELIMITER, '').strip()} is right."
-                for k, step in enumerate(steps[:first_wrong], 1)]
-    verdicts[-1] = verdicts[-1].replace("is right.", "is wrong.")
-    return "\n".join(verdicts + [f"\\boxed{{{first_wrong}}}"])
+    lines, right_steps = [], solve_steps(example)
+    for k, (step, right_step) in enumerate(zip(steps[:first_wrong], right_steps), 1):
+        verdict = "wrong" if k == first_wrong else "right"
+        lines.append(f"Step {k}: {step.replace(DELIMITER, '').strip()} vs {right_step.replace(DELIMITER, '')}, "
+                     f"{verdict}.")
+    return "\n".join(lines + [f"\\boxed{{{first_wrong}}}"])
 
 
-def warm_start_pair(rng, tokenizer, localize_fraction):
-    """One supervised (prompt, target) pair at the default size of numbers and 1..DEFAULT_N_OPS
-    operations: a problem and its solution, or, with probability `localize_fraction`, a solution
-    with an error injected at a random step and the reply that localizes it."""
-    example = make_example(rng, rng.randint(1, DEFAULT_N_OPS), DEFAULT_MAX_VALUE)
-    if rng.random() < localize_fraction:
-        wrong_step = rng.randint(1, len(example["ops"]))
-        steps = inject_error(example, wrong_step, rng)
+def failed_solution(example, rng, settings):
+    """A wrong solution to learn localization from: mostly the slips the model learns to make
+    itself, sometimes another kind of mistake (`inject_error`) so that the check reads the question."""
+    if rng.random() < 0.2:
+        return inject_error(example, rng.randint(1, len(example["ops"])), rng)
+    while True:
+        steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate)
+        if first_wrong_step(example, steps) is not None:
+            return steps
+
+
+def warm_start_pair(rng, tokenizer, settings):
+    """One supervised (prompt, target) pair of 1..MAX_N_OPS operations: a problem and a solution
+    that slips at the settings' rates, or, with probability `settings.localize_fraction`, a wrong
+    solution and the reply that localizes its first error."""
+    example = make_example(rng, rng.randint(1, MAX_N_OPS), DEFAULT_MAX_VALUE)
+    if rng.random() < settings.localize_fraction:
+        steps = failed_solution(example, rng, settings)
         prompt = localize.localization_prompt(example["question"], steps)
-        return data.format_chat(tokenizer, prompt), localization_reply(steps, wrong_step)
-    return data.format_prompt(tokenizer, example["question"]), solve(example)
+        return data.format_chat(tokenizer, prompt), localization_reply(example, steps, first_wrong_step(example, steps))
+    steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate)
+    return data.format_prompt(tokenizer, example["question"]), "".join(steps)
 
 
 # The baby tokenizer has no chat template; that is all data.format_chat asks of a tokenizer, so
@@ -318,7 +370,7 @@ def warm_start(settings):
     rng = random.Random(settings.seed)
     torch.manual_seed(settings.seed)
     texts = [prompt + target for prompt, target in (
-        warm_start_pair(rng, NO_CHAT_TEMPLATE, 0.5) for _ in range(settings.tokenizer_problems))]
+        warm_start_pair(rng, NO_CHAT_TEMPLATE, settings) for _ in range(settings.tokenizer_problems))]
     tokenizer = make_tokenizer(texts)
     model = make_model(tokenizer, settings)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.98), weight_decay=0.01)
@@ -328,7 +380,7 @@ def warm_start(settings):
         decay = 0.5 * (1 + math.cos(math.pi * step / settings.sft_steps))
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * min(1, (step + 1) / warmup_steps) * (0.1 + 0.9 * decay)
-        pairs = [warm_start_pair(rng, tokenizer, settings.localize_fraction) for _ in range(settings.batch_size)]
+        pairs = [warm_start_pair(rng, tokenizer, settings) for _ in range(settings.batch_size)]
         # Localization texts are twice as long as solutions: micro-batches of similar lengths
         # waste less compute on padding. The loss is the mean over all target tokens of the step.
         pairs.sort(key=lambda pair: len(pair[0]) + len(pair[1]))
@@ -351,7 +403,7 @@ def cache_key(settings):
     """A hash of the settings and of sample texts the model learns from, so that a change of a
     prompt (here, in data.py or in localize.py) makes a new warm start instead of a stale load."""
     rng = random.Random(0)
-    samples = [warm_start_pair(rng, NO_CHAT_TEMPLATE, localize_fraction=0.5) for _ in range(8)]
+    samples = [warm_start_pair(rng, NO_CHAT_TEMPLATE, settings) for _ in range(8)]
     text = json.dumps([dataclasses.asdict(settings), samples])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -386,19 +438,22 @@ def load_baby_model(cache_dir=None, settings=BabySettings()):
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0):
-    """The completions of `prompts` (texts), greedy or sampled at `temperature` with top-p 0.95."""
-    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": 0.95} if temperature else {"do_sample": False}
-    output = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id, **sampling)
-    return tokenizer.batch_decode(output[:, batch.input_ids.shape[1]:], skip_special_tokens=True)
+def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, batch=256):
+    """The completions of `prompts` (texts): greedy, or sampled at `temperature` (no top-p: the
+    model's own distribution, which is what the toy runs sample)."""
+    completions = []
+    for i in range(0, len(prompts), batch):
+        inputs = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature else {"do_sample": False}
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id, **sampling)
+        completions += tokenizer.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    return completions
 
 
-def answer_accuracy(model, tokenizer, examples):
-    """Greedy pass@1: the share of `examples` whose final answer is right."""
-    completions = generate(model, tokenizer, [data.format_prompt(tokenizer, ex["question"]) for ex in examples], 100)
-    return sum(verify.math_reward(text, ex["answer"]) for text, ex in zip(completions, examples)) / len(examples)
+def solution_tokens(n_ops):
+    """A budget that fits any solution of `n_ops` steps (9 tokens or fewer each)."""
+    return 12 * n_ops + 16
 
 
 def localization_accuracy(model, tokenizer, examples, solutions):
@@ -406,7 +461,7 @@ def localization_accuracy(model, tokenizer, examples, solutions):
     the step that `first_wrong_step` names, and how often a uniformly random step would."""
     prompts = [data.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps))
                for ex, steps in zip(examples, solutions)]
-    replies = generate(model, tokenizer, prompts, 100)
+    replies = generate(model, tokenizer, prompts, 24 * max(len(steps) for steps in solutions) + 16)
     hits, chance = 0, 0.0
     for ex, steps, reply in zip(examples, solutions, replies):
         truth = first_wrong_step(ex, steps)
@@ -415,38 +470,87 @@ def localization_accuracy(model, tokenizer, examples, solutions):
     return hits / len(examples), chance / len(examples)
 
 
-def evaluate(model, tokenizer, n=200, seed=10**6):
-    """The measured skills of a model on the toy task, on `n` problems of each kind:
+def sampled_solutions(model, tokenizer, examples, temperature):
+    """One solution per example, greedy or sampled, and its reward: (texts, rewards)."""
+    budget = solution_tokens(max(len(ex["ops"]) for ex in examples))
+    texts = generate(model, tokenizer, [data.format_prompt(tokenizer, ex["question"]) for ex in examples],
+                     budget, temperature)
+    return texts, [verify.math_reward(text, ex["answer"]) for text, ex in zip(texts, examples)]
 
-    - answer accuracy (greedy) at the default difficulty and on easy (EASY_N_OPS) chains;
-    - localization accuracy against the oracle on solutions with an injected error (at a
-      uniformly random step), and on the model's own failures (sampled at temperature 0.7),
-      next to the accuracy of a uniformly random step on those failures.
+
+def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, temperature=1.0, seed=10**6):
+    """The measured skills of a model on chains of `n_ops` operations:
+
+    - answer_acc: the share of `n` problems solved by one sample at `temperature` (what training
+      rewards), and greedy_answer_acc;
+    - loc_exact_own: how often its greedy localization names the true first wrong step of its own
+      failed samples (more problems are sampled until there are `min_failures`), against
+      loc_exact_random, a uniformly random step, on the same failures;
+    - loc_exact_injected: the same on solutions with an error of any kind (`inject_error`) at a
+      uniformly random step;
+    - first_error_ops: among its own failures, the share whose first error is at each operation.
     """
     rng = random.Random(seed)
-    torch.manual_seed(seed)  # the same sampled failures at every run
-    examples = make_examples(n, seed)
-    injected = [inject_error(ex, rng.randint(1, DEFAULT_N_OPS), rng) for ex in examples]
-    samples = generate(model, tokenizer, [data.format_prompt(tokenizer, ex["question"]) for ex in examples],
-                       100, temperature=0.7)
-    failed = [(ex, localize.split_steps(text)) for ex, text in zip(examples, samples)
-              if not verify.math_reward(text, ex["answer"]) and text]  # "" has no step to blame
-    own_accuracy, own_chance = localization_accuracy(model, tokenizer, *zip(*failed)) if failed else (0.0, 0.0)
+    torch.manual_seed(seed)  # the same samples at every run
+    examples = make_examples(n, seed, n_ops)
+    texts, rewards = sampled_solutions(model, tokenizer, examples, temperature)
+    answer_acc = sum(rewards) / n
+    failed = [(ex, localize.split_steps(text)) for ex, text, reward in zip(examples, texts, rewards)
+              if not reward and text]  # "" has no step to blame
+    for round_ in range(1, 20):  # more problems until there are enough failures to measure on
+        if len(failed) >= min_failures:
+            break
+        more = make_examples(n, seed + round_, n_ops)
+        texts, rewards = sampled_solutions(model, tokenizer, more, temperature)
+        failed += [(ex, localize.split_steps(text)) for ex, text, reward in zip(more, texts, rewards)
+                   if not reward and text]
+    own_exact, own_random = localization_accuracy(model, tokenizer, *zip(*failed)) if failed else (0.0, 0.0)
+    injected = [inject_error(ex, rng.randint(1, n_ops), rng) for ex in examples]
+    first_error_ops = {}
+    for ex, steps in failed:
+        k = first_wrong_step(ex, steps)
+        kind = OPERATIONS[ex["ops"][k - 1][0]] if k <= n_ops else "extra step"
+        first_error_ops[kind] = first_error_ops.get(kind, 0) + 1 / len(failed)
     return {
-        "answer_accuracy": answer_accuracy(model, tokenizer, examples),
-        "easy_answer_accuracy": answer_accuracy(model, tokenizer, make_examples(n, seed + 1, n_ops=EASY_N_OPS)),
-        "localization_injected": localization_accuracy(model, tokenizer, examples, injected)[0],
-        "localization_own_failures": own_accuracy,
-        "random_step_own_failures": own_chance,
+        "n_ops": n_ops,
+        "answer_acc": answer_acc,
+        "greedy_answer_acc": sum(sampled_solutions(model, tokenizer, examples, 0.0)[1]) / n,
+        "loc_exact_own": own_exact,
+        "loc_exact_random": own_random,
         "own_failures": len(failed),
+        "loc_exact_injected": localization_accuracy(model, tokenizer, examples, injected)[0],
+        "injected_failures": len(injected),
+        "first_error_ops": {kind: round(share, 3) for kind, share in sorted(first_error_ops.items())},
     }
 
 
+def main():
+    parser = argparse.ArgumentParser(description="Measure the baby model: answer and localization accuracy.")
+    parser.add_argument("--model", default="toy", choices=sorted(MODELS), help="which baby model")
+    parser.add_argument("--ops", type=int, default=DEFAULT_N_OPS, help=f"operations per problem (1..{MAX_N_OPS} "
+                                                                      "were taught)")
+    parser.add_argument("--problems", type=int, default=500, help="problems for the answer accuracy")
+    parser.add_argument("--failures", type=int, default=200, help="own failures to measure localization on, "
+                                                                  "at least")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of sentences")
+    args = parser.parse_args()
+    if args.ops < 1 or args.problems < 1 or args.failures < 1:
+        parser.error("--ops, --problems and --failures must be at least 1")
+    model, tokenizer = load_baby_model(settings=MODELS[args.model])
+    results = evaluate(model, tokenizer, args.ops, args.problems, args.failures)
+    if args.json:
+        print(json.dumps({"model": args.model, **results}))
+        return
+    print(f"{args.model}, chains of {args.ops} operations:")
+    print(f"answer accuracy, one sample at temperature 1: {results['answer_acc']:.1%} "
+          f"(greedy: {results['greedy_answer_acc']:.1%})")
+    print(f"localization exact on its own {results['own_failures']} failures: {results['loc_exact_own']:.1%} "
+          f"(a random step: {results['loc_exact_random']:.1%})")
+    print(f"localization exact on {results['injected_failures']} injected errors: "
+          f"{results['loc_exact_injected']:.1%}")
+    print("first errors of its failures, by operation: "
+          + ", ".join(f"{kind} {share:.0%}" for kind, share in results["first_error_ops"].items()))
+
+
 if __name__ == "__main__":
-    baby_model, baby_tokenizer = load_baby_model()
-    results = evaluate(baby_model, baby_tokenizer)
-    print(f"greedy answer accuracy, {DEFAULT_N_OPS} operations (default): {results['answer_accuracy']:.1%}")
-    print(f"greedy answer accuracy, {EASY_N_OPS} operations (easy): {results['easy_answer_accuracy']:.1%}")
-    print(f"localization accuracy, injected errors: {results['localization_injected']:.1%}")
-    print(f"localization accuracy, its own {results['own_failures']} failures at temperature 0.7: "
-          f"{results['localization_own_failures']:.1%} (a random step: {results['random_step_own_failures']:.1%})")
+    main()

@@ -80,18 +80,44 @@ def test_solution_is_accepted_by_the_verifier_the_checker_and_the_step_splitter(
 
 
 def test_localization_reply_names_the_step_it_is_taught_to():
-    example, rng = toy.make_examples(1, seed=5)[0], random.Random(5)
-    for k in range(1, toy.DEFAULT_N_OPS + 1):
-        reply = toy.localization_reply(toy.inject_error(example, k, rng), k)
-        assert localize.parse_error_step_or_none(reply, toy.DEFAULT_N_OPS) == k
-        assert reply.count("is right.") == k - 1 and reply.count("is wrong.") == 1
+    example, rng = toy.make_examples(1, seed=5, n_ops=toy.MAX_N_OPS)[0], random.Random(5)
+    right_steps = [step.replace("</thought>", "") for step in toy.solve_steps(example)]
+    for k in range(1, toy.MAX_N_OPS + 1):
+        wrong = toy.inject_error(example, k, rng)
+        reply = toy.localization_reply(example, wrong, k)
+        assert localize.parse_error_step_or_none(reply, toy.MAX_N_OPS) == k
+        lines = reply.splitlines()
+        assert len(lines) == k + 1 and reply.count(", right.") == k - 1 and lines[k - 1].endswith(", wrong.")
+        for j, line in enumerate(lines[:-1]):  # each step copied, next to the step as it should read
+            shown = wrong[j].replace("</thought>", "")
+            assert line == f"Step {j + 1}: {shown} vs {right_steps[j]}, {'wrong' if j + 1 == k else 'right'}."
+
+
+def test_slipping_solver_slips_at_its_rates():
+    """The taught slips: results off by 1 or 2, at slip_rate per step (multiply_slip_rate on
+    multiplications), carried on by the later steps, never below 0."""
+    rng, counts = random.Random(0), {"*": [0, 0], "other": [0, 0]}
+    for example in toy.make_examples(3000, seed=9, n_ops=toy.MAX_N_OPS):
+        steps = toy.slipping_steps(example, rng, slip_rate=0.1, multiply_slip_rate=0.5)
+        value = example["start"]
+        for step, (operator, operand) in zip(steps, example["ops"]):
+            shown_value, shown_operator, shown_operand, plain, boxed = toy.STEP.fullmatch(step).groups()
+            assert (int(shown_value), shown_operator, int(shown_operand)) == (value, operator, operand)
+            result = int(plain or boxed)
+            assert result >= 0 and abs(result - toy.apply(value, operator, operand)) <= 2
+            slipped = result != toy.apply(value, operator, operand)
+            counts["*" if operator == "*" else "other"][slipped] += 1
+            value = result
+    for kind, rate in [("*", 0.5), ("other", 0.1)]:
+        right, slipped = counts[kind]
+        assert slipped / (right + slipped) == pytest.approx(rate, abs=0.03)  # slips refused below 0 lower it
 
 
 @pytest.fixture(scope="module")
 def baby_tokenizer():
     rng = random.Random(0)
     texts = [prompt + target for prompt, target in
-             (toy.warm_start_pair(rng, toy.NO_CHAT_TEMPLATE, 0.5) for _ in range(300))]
+             (toy.warm_start_pair(rng, toy.NO_CHAT_TEMPLATE, toy.BabySettings()) for _ in range(300))]
     return toy.make_tokenizer(texts)
 
 
@@ -100,7 +126,7 @@ def test_tokenizer_round_trips_and_keeps_sequences_short(baby_tokenizer):
     for example in toy.make_examples(20, seed=6):
         prompt, solution = data.format_prompt(baby_tokenizer, example["question"]), toy.solve(example)
         wrong = toy.inject_error(example, 2, rng)
-        reply = toy.localization_reply(wrong, 2)
+        reply = toy.localization_reply(example, wrong, 2)
         localization = data.format_chat(baby_tokenizer, localize.localization_prompt(example["question"], wrong))
         for text in [prompt, solution, prompt + solution, localization + reply, "Unseen text: é 北 12"]:
             ids = baby_tokenizer(text, add_special_tokens=False).input_ids
@@ -154,29 +180,31 @@ def test_interrupted_warm_start_leaves_no_cache(tmp_path, monkeypatch):
 
 
 def test_evaluate_scores_against_the_oracle(monkeypatch):
-    """With a stand-in model that solves greedily, fails at step 1 when sampling and always
-    blames step 1, every number `evaluate` reports is known in advance."""
-    examples = {ex["question"]: ex for n_ops in (toy.DEFAULT_N_OPS, toy.EASY_N_OPS)
-                for ex in toy.make_examples(10, seed=7, n_ops=n_ops) + toy.make_examples(10, seed=8, n_ops=n_ops)}
+    """With a stand-in model that solves greedily, fails at step 2 when sampling and always
+    blames step 2, every number `evaluate` reports is known in advance."""
+    n_ops = 3
+    examples = {ex["question"]: ex for seed in range(7, 27) for ex in toy.make_examples(10, seed, n_ops)}
 
     def stand_in_generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0):
         replies = []
         for prompt in prompts:
             if "Solution:\n" in prompt:
-                replies.append("Step 1: 1+1=3 is wrong.\n\\boxed{1}")
+                replies.append("Step 1: 1+1=2 vs 1+1=2, right.\nStep 2: 2+1=4 vs 2+1=3, wrong.\n\\boxed{2}")
                 continue
             example = examples[prompt.split("Problem: ")[1].strip()]
-            wrong = "".join(toy.inject_error(example, 1, random.Random(0)))
+            wrong = "".join(toy.inject_error(example, 2, random.Random(0), "result"))
             replies.append(wrong if temperature else toy.solve(example))
         return replies
 
     monkeypatch.setattr(toy, "generate", stand_in_generate)
-    results = toy.evaluate(model=None, tokenizer=toy.NO_CHAT_TEMPLATE, n=10, seed=7)
-    assert results["answer_accuracy"] == results["easy_answer_accuracy"] == 1.0
-    assert results["own_failures"] == 10
-    assert results["localization_own_failures"] == 1.0
-    assert results["random_step_own_failures"] == pytest.approx(1 / toy.DEFAULT_N_OPS)
-    assert 0.0 < results["localization_injected"] < 1.0
+    results = toy.evaluate(model=None, tokenizer=toy.NO_CHAT_TEMPLATE, n_ops=n_ops, n=10, min_failures=25, seed=7)
+    assert results["answer_acc"] == 0.0 and results["greedy_answer_acc"] == 1.0
+    assert results["own_failures"] == 30  # 10 problems a round, until 25 failures
+    assert results["loc_exact_own"] == 1.0
+    assert results["loc_exact_random"] == pytest.approx(1 / n_ops)
+    assert 0.0 < results["loc_exact_injected"] < 1.0  # injected at a random step: step 2 a third of the time
+    shares = {toy.OPERATIONS[ex["ops"][1][0]] for ex in examples.values()}
+    assert set(results["first_error_ops"]) <= shares and sum(results["first_error_ops"].values()) == pytest.approx(1)
 
 
 @pytest.mark.parametrize("reset", ["self", "oracle"])
@@ -189,7 +217,7 @@ def test_demo_runs_end_to_end_with_a_quickly_warmed_model(tmp_path, monkeypatch,
     import srpo
 
     load = toy.load_baby_model
-    monkeypatch.setattr(toy, "load_baby_model", lambda cache_dir=None: load(tmp_path / "cache", TINY))
+    monkeypatch.setattr(toy, "load_baby_model", lambda cache_dir=None, settings=None: load(tmp_path / "cache", TINY))
     cfg = run.parse_config(srpo.SRPOConfig, argv=["--out", str(tmp_path / "run"), "--steps", "2", "--reset", reset,
                                                    "--prompts-per-step", "2", "--eval-size", "4",
                                                    "--max-new-tokens", "24", "--loc-max-new-tokens", "8"])

@@ -1,0 +1,62 @@
+"""The sweep's arithmetic, on hand-made metrics: intervals, paired gains, the target, rollouts and
+tokens to reach it. (The sweep itself takes an hour; `reproduce.py --quick` is its smoke test.)"""
+import json
+import math
+import statistics
+
+import pytest
+
+import reproduce
+
+
+def write_run(folder, evals, tokens_per_step=100, rollouts_per_step=64, extra=None):
+    """metrics.jsonl of a run evaluated at step 0 and then every step, with `evals` accuracies."""
+    folder.mkdir(parents=True)
+    lines = [{"step": 0, "eval_acc": evals[0]}]
+    for step, acc in enumerate(evals[1:], 1):
+        lines.append({"step": step, "eval_acc": acc, "samples_seen": step * rollouts_per_step,
+                      "tokens_generated": tokens_per_step, **(extra or {})})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return folder
+
+
+def test_interval_is_the_t_interval_by_hand():
+    mean, half = reproduce.interval([0.1, 0.2, 0.3, 0.4, 0.5])
+    sd = math.sqrt(sum((x - 0.3) ** 2 for x in [0.1, 0.2, 0.3, 0.4, 0.5]) / 4)
+    assert mean == pytest.approx(0.3) and half == pytest.approx(2.78 * sd / math.sqrt(5))
+    assert reproduce.interval([0.7]) == (0.7, 0.0)
+
+
+def test_horizon_stats_pairs_seeds_and_finds_the_target(tmp_path):
+    runs = {
+        "grpo": {0: write_run(tmp_path / "g0", [0.2, 0.3, 0.4, 0.6]),
+                 1: write_run(tmp_path / "g1", [0.2, 0.25, 0.3, 0.4])},
+        "oracle": {0: write_run(tmp_path / "o0", [0.2, 0.45, 0.5, 0.7], tokens_per_step=150,
+                                extra={"loc_exact": 1.0}),
+                   1: write_run(tmp_path / "o1", [0.2, 0.3, 0.3, 0.35], tokens_per_step=150,
+                                extra={"loc_exact": 1.0})},
+    }
+    stats = reproduce.horizon_stats(runs)
+    assert stats["start_acc"] == 0.2
+    assert stats["target"] == pytest.approx(0.2 + (0.5 - 0.2) / 2)  # halfway to GRPO's mean final 0.5
+    oracle, grpo = stats["methods"]["oracle"], stats["methods"]["grpo"]
+    assert oracle["final"] == [0.7, 0.35]
+    assert oracle["gain"] == pytest.approx([0.1, -0.05])  # each seed against GRPO's run of the same seed
+    assert oracle["area"] == pytest.approx([statistics.mean([0.45, 0.5, 0.7]) - statistics.mean([0.3, 0.4, 0.6]),
+                                            statistics.mean([0.3, 0.3, 0.35]) - statistics.mean([0.25, 0.3, 0.4])])
+    # target 0.35: oracle seed 0 at step 1 (64 rollouts, 150 tokens), seed 1 at step 3; GRPO seed 0
+    # at step 2, seed 1 at step 3
+    assert oracle["rollouts_to_target"] == [64, 192] and oracle["tokens_to_target"] == [150, 450]
+    assert grpo["rollouts_to_target"] == [128, 192] and grpo["tokens_to_target"] == [200, 300]
+    assert oracle["tokens_per_rollout"] == pytest.approx([150 / 64] * 2)
+    assert oracle["loc_exact"] == [1.0, 1.0] and grpo["loc_exact"] == []
+
+
+def test_a_target_never_reached_is_left_out_and_counted(tmp_path):
+    runs = {"grpo": {0: write_run(tmp_path / "g0", [0.2, 0.4, 0.6])},
+            "rrpo": {0: write_run(tmp_path / "r0", [0.2, 0.25, 0.3])}}
+    stats = reproduce.horizon_stats(runs)
+    assert stats["methods"]["rrpo"]["rollouts_to_target"] == []
+    report = reproduce.summarize({"horizons": {"3": stats}}, type("Args", (), {
+        "model": "toy", "steps": 2, "prompts_per_step": 8, "lr": 1e-4, "seeds": [0], "eval_size": 500})())
+    assert "| rrpo | 0.300 | -0.300 |" in report and "(0/1)" in report
