@@ -130,20 +130,20 @@ LIMITS = ("max_new_tokens", "max_thought_tokens", "max_thoughts")
 
 def generation_settings(cfg: Config, models: list[str]) -> grpo.Config:
     """One training config that every model is evaluated with (a table compares models under the
-    same limits). Each limit is the one given here, else the one the first checkpoint among the
-    models was trained with (its trainer_state.pt), else training's default for the first model."""
+    same limits). Each limit, and the temperature and top-p of --samples, is the one given here,
+    else the one the first checkpoint among the models was trained with (its trainer_state.pt),
+    else training's default for the first model."""
     trained = {}
     for name in models:
         state = Path(name) / "trainer_state.pt"
         if state.is_file():  # mmap: the optimizer state it also holds is not read
-            config = torch.load(state, map_location="cpu", mmap=True, weights_only=False)["config"]
-            trained = {limit: config[limit] for limit in LIMITS}
+            trained = torch.load(state, map_location="cpu", mmap=True, weights_only=False)["config"]
             break
-    limits = {limit: getattr(cfg, limit) if getattr(cfg, limit) is not None else trained.get(limit)
-              for limit in LIMITS}
-    if limits["max_thoughts"] is None:
-        limits["max_thoughts"] = grpo.Config.max_thoughts
-    return grpo.Config(model=models[0], **limits, temperature=cfg.temperature, top_p=cfg.top_p, dtype=cfg.dtype)
+    settings = {key: getattr(cfg, key) if getattr(cfg, key) is not None else trained.get(key)
+                for key in (*LIMITS, "temperature", "top_p")}
+    if settings["max_thoughts"] is None:
+        settings["max_thoughts"] = grpo.Config.max_thoughts
+    return grpo.Config(model=models[0], **settings, dtype=cfg.dtype)
 
 
 def response_record(example: dict, chain, text: str, reward: float) -> dict:

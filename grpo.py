@@ -81,24 +81,24 @@ class Config:
     question_field: str | None = option(None, "field holding the question in a local/hub dataset (detected "
                                               "when unset)")
     answer_field: str | None = option(None, "field holding the gold answer (detected when unset)")
-    steps: int = option(60, "optimizer steps", at_least=1)
+    steps: int | None = option(None, "optimizer steps; default 20 for a baby model, else 60", at_least=1)
     prompts_per_step: int | None = option(None, "prompts per rollout batch, summed over all processes; "
-                                                "default 16 for the toy model, else 32 (the paper)", at_least=1)
+                                                "default 8 for a baby model, else 32 (the paper)", at_least=1)
     mini_batches: int | None = option(None, "optimizer steps per rollout batch, each on a slice of its "
-                                            "prompts; default 1 for the toy model, else 4 (the paper), or "
+                                            "prompts; default 1 for a baby model, else 4 (the paper), or "
                                             "fewer if a process has fewer prompts", at_least=1)
     group_size: int = option(8, "G: scored rollouts per prompt (2 or more: advantages compare them)", at_least=2)
     max_new_tokens: int | None = option(None, "response budget in tokens, shared by a reset's prefix and "
-                                              "suffix; default 96 for the toy model, else 4096", at_least=1)
+                                              "suffix; default 96 for a baby model, else 4096", at_least=1)
     max_thought_tokens: int | None = option(None, "a thought ends at </thought> or after this many tokens; "
-                                                  "default 16 for the toy model, else 256", at_least=1)
+                                                  "default 16 for a baby model, else 256", at_least=1)
     max_thoughts: int = option(20, "a response ends after this many thoughts", at_least=1)
     temperature: float | None = option(None, "sampling temperature; the log-probs are computed at the same "
                                              "temperature; default 1 for a baby model, else 0.7", above=0)
     top_p: float | None = option(None, "nucleus sampling; default 1 (none) for a baby model, else 0.95",
                                  above=0, at_most=1)
-    lr: float | None = option(None, "peak learning rate of AdamW; default 5e-5 for the toy model and LoRA "
-                                    "(the paper), else 1e-6", at_least=0)
+    lr: float | None = option(None, "peak learning rate of AdamW; default 1e-4 for a baby model, 5e-5 for "
+                                    "LoRA (the paper), else 1e-6", at_least=0)
     weight_decay: float = option(0.01, "AdamW weight decay", at_least=0)
     warmup_steps: int = option(0, "linear warmup steps", at_least=0)
     lr_schedule: str = option("constant", "after warmup: constant or cosine", choices=["constant", "cosine"])
@@ -108,7 +108,8 @@ class Config:
                                        "more use PPO's clipped ratio", at_least=1)
     loss_agg: str = option("seq-mean", "seq-mean (the paper) or token-mean", choices=["seq-mean", "token-mean"])
     eval_every: int = option(20, "steps between evaluations; 0 = only at the end", at_least=0)
-    eval_size: int = option(100, "problems in each evaluation; 0 = no evaluation", at_least=0)
+    eval_size: int | None = option(None, "problems in each evaluation; 0 = no evaluation; default 500 for a "
+                                         "baby model, else 100", at_least=0)
     eval_temperature: float | None = option(None, "0 = greedy pass@1; above 0 = the share of problems solved "
                                                   "by one sample at this temperature; default: the sampling "
                                                   "temperature for a baby model (its slips are sampled, greedy "
@@ -141,11 +142,13 @@ class Config:
         self.temperature = or_default(self.temperature, 1.0 if toy else 0.7)
         self.top_p = or_default(self.top_p, 1.0 if toy else 0.95)
         self.eval_temperature = or_default(self.eval_temperature, self.temperature if toy else 0.0)
-        self.prompts_per_step = or_default(self.prompts_per_step, 16 if toy else 32)
+        self.steps = or_default(self.steps, 20 if toy else 60)
+        self.prompts_per_step = or_default(self.prompts_per_step, 8 if toy else 32)
+        self.eval_size = or_default(self.eval_size, 500 if toy else 100)
         self.mini_batches = or_default(self.mini_batches, 1 if toy else None)  # None: see train_on_rollouts
         self.max_new_tokens = or_default(self.max_new_tokens, 96 if toy else 4096)
         self.max_thought_tokens = or_default(self.max_thought_tokens, 16 if toy else 256)
-        self.lr = or_default(self.lr, 5e-5 if toy or self.lora_rank else 1e-6)
+        self.lr = or_default(self.lr, 1e-4 if toy else 5e-5 if self.lora_rank else 1e-6)
         run.check_ranges(self)  # before the min below, which would hide a --max-thought-tokens 0
         self.max_thought_tokens = min(self.max_thought_tokens, self.max_new_tokens)
         if Path(self.out).exists() and not Path(self.out).is_dir():

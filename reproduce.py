@@ -192,12 +192,17 @@ def plot(stats: dict, out: Path) -> bool:
     noise_h = horizons.get(str(stats["noise_horizon"]))
     if noise_h:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for method, m in noise_h["methods"].items():
-            if method == "grpo" or not m["loc_exact"] or not m["gain"]:
-                continue
-            mean, half = interval(m["gain"])
-            ax.errorbar([statistics.mean(m["loc_exact"])], [mean], yerr=[half], marker="o", capsize=3,
-                        linestyle="none", label=method)
+        blurred = [m for name, m in noise_h["methods"].items()  # the oracle, blurred oracles, and RRPO (noise 1)
+                   if (name.startswith("oracle") or name == "rrpo") and m["loc_exact"] and m["gain"]]
+        points = sorted((statistics.mean(m["loc_exact"]), *interval(m["gain"])) for m in blurred)
+        if points:
+            x, y, err = zip(*points)
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label="oracle blurred by noise (RRPO at left)")
+        srpo = noise_h["methods"].get("srpo")
+        if srpo and srpo["loc_exact"] and srpo["gain"]:
+            mean, half = interval(srpo["gain"])
+            ax.errorbar([statistics.mean(srpo["loc_exact"])], [mean], yerr=[half], marker="*", markersize=12,
+                        capsize=3, linestyle="none", label="SRPO (its own localization)")
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.set_xlabel("reset step = true first wrong step (share of resets)")
         ax.set_ylabel("final accuracy minus GRPO's")

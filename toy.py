@@ -1,18 +1,20 @@
 r"""The built-in demo task: arithmetic chains, whose steps can be checked one by one.
 
-    Start at 7, add 5, multiply by 3, subtract 4.
-    7+5=12</thought>12*3=36</thought>36-4=\boxed{32}</thought>
+    Start at 7, subtract 5, multiply by 3, add 1.
+    7-5=2</thought>2*3=6</thought>6+1=\boxed{7}</thought>
 
 One operation per step, the last step boxes the answer. Unlike a math benchmark, every step of a
 solution can be checked, so `first_wrong_step` is a true oracle for the question SRPO asks the
 model ("where did this solution go wrong?"), and oracle resets, self resets and random resets can
-be compared directly (PAPER.md section 6).
+be compared directly (PAPER.md section 6). `--dataset toy-N` has chains of N operations: the
+longer, the more likely a slip somewhere, so N sets the starting accuracy.
 
 The baby model is a 1.1M-parameter Qwen2 with a tokenizer trained in code, warm-started by
-supervised training on solutions and on localization replies (about 3 minutes on 2 CPU cores,
-then cached). `load_baby_model()` is what `python grpo.py` trains by default, and
+supervised training on the solutions of a solver that slips at a set rate and on localization
+replies (about 8 minutes on 2 CPU cores, then cached). `load_baby_model()` is what
+`python grpo.py` trains by default, and
 
-    python toy.py
+    python toy.py --ops 4 [--json]
 
 prints its measured answer and localization accuracy (`evaluate`).
 """
@@ -220,7 +222,7 @@ def slipping_steps(example, rng, slip_rate, multiply_slip_rate=None):
     from the value shown, as a solver who does not notice would.
 
     >>> slipping_steps({"start": 7, "ops": [("+", 5), ("*", 3)]}, random.Random(0), slip_rate=1.0)
-    ['7+5=13</thought>', '13*3=\\boxed{38}</thought>']
+    ['7+5=14</thought>', '14*3=\\boxed{44}</thought>']
     """
     value, steps, ops = example["start"], [], example["ops"]
     for k, (operator, operand) in enumerate(ops, 1):

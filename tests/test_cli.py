@@ -157,7 +157,7 @@ def test_zero_is_a_value_not_unset():
     """`x or default` read --lr 0 as unset (1e-6) and --max-new-tokens 0 as 96."""
     cfg = run.parse_config(grpo.Config, argv=["--lr", "0", "--eval-size", "0", "--save-every", "0"])
     assert (cfg.lr, cfg.eval_size, cfg.save_every) == (0.0, 0, 0)
-    assert run.parse_config(grpo.Config, argv=[]).lr == 5e-5  # unset: the toy model's default
+    assert run.parse_config(grpo.Config, argv=[]).lr == 1e-4  # unset: the baby model's default
 
 
 def test_out_naming_a_file_and_resume_with_overwrite_are_refused(tmp_path, capsys):

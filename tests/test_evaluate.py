@@ -73,17 +73,18 @@ def test_limits_come_from_the_flags_then_the_checkpoints_training_run_then_train
     checkpoint = tmp_path / "run" / "checkpoint-3"
     checkpoint.mkdir(parents=True)
     trained = grpo.Config(model="HuggingFaceTB/SmolLM2-135M-Instruct", max_new_tokens=300, max_thought_tokens=40,
-                          max_thoughts=7)
+                          max_thoughts=7, temperature=0.9, top_p=0.8)
     torch.save({"optimizer": {}, "step": 3, "config": dataclasses.asdict(trained)}, checkpoint / "trainer_state.pt")
 
     def limits(models, *flags):
         gen = evaluate.generation_settings(run.parse_config(evaluate.Config, list(flags)), models)
-        return gen.max_new_tokens, gen.max_thought_tokens, gen.max_thoughts
+        return gen.max_new_tokens, gen.max_thought_tokens, gen.max_thoughts, gen.temperature, gen.top_p
 
-    assert limits(["Qwen/Qwen2.5-1.5B", str(checkpoint)]) == (300, 40, 7)  # the base model is evaluated alike
-    assert limits([str(checkpoint)], "--max-new-tokens", "100", "--max-thoughts", "3") == (100, 40, 3)
-    assert limits(["Qwen/Qwen2.5-1.5B"]) == (4096, 256, 20)
-    assert limits(["toy"]) == (96, 16, 20)
+    assert limits(["Qwen/Qwen2.5-1.5B", str(checkpoint)]) == (300, 40, 7, 0.9, 0.8)  # the base model alike
+    assert limits([str(checkpoint)], "--max-new-tokens", "100", "--max-thoughts", "3", "--temperature", "0.5") == (
+        100, 40, 3, 0.5, 0.8)
+    assert limits(["Qwen/Qwen2.5-1.5B"]) == (4096, 256, 20, 0.7, 0.95)
+    assert limits(["toy"]) == (96, 16, 20, 1.0, 1.0)  # a baby model's slips are sampled at temperature 1
 
 
 def test_a_checkpoint_loads_the_tokenizer_it_was_saved_with(tiny_model_dir, tiny_tokenizer):

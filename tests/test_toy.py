@@ -221,7 +221,7 @@ def test_demo_runs_end_to_end_with_a_quickly_warmed_model(tmp_path, monkeypatch,
     cfg = run.parse_config(srpo.SRPOConfig, argv=["--out", str(tmp_path / "run"), "--steps", "2", "--reset", reset,
                                                    "--prompts-per-step", "2", "--eval-size", "4",
                                                    "--max-new-tokens", "24", "--loc-max-new-tokens", "8"])
-    assert (cfg.model, cfg.dataset, cfg.lr) == ("toy", "toy", 5e-5)
+    assert (cfg.model, cfg.dataset, cfg.lr, cfg.temperature, cfg.eval_temperature) == ("toy", "toy", 1e-4, 1.0, 1.0)
     choose = srpo.self_resets if reset == "self" else rrpo.oracle_resets
     grpo.train(cfg, lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, choose))
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
