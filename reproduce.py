@@ -113,26 +113,33 @@ def mean_metric(lines: list[dict], key: str) -> float | None:
 def horizon_stats(runs: dict[str, dict[int, Path]]) -> dict:
     """The numbers of one horizon: per method, per seed final accuracy, gain over GRPO's run of the
     same seed, rollouts and tokens to the target, localization and token cost."""
-    curves = {m: {seed: eval_curve(read_metrics(out)) for seed, out in outs.items()} for m, outs in runs.items()}
+    metrics = {m: {seed: read_metrics(out) for seed, out in outs.items()} for m, outs in runs.items()}
+    curves = {m: {seed: eval_curve(lines) for seed, lines in by_seed.items()} for m, by_seed in metrics.items()}
     start = statistics.mean(curve[0][2] for curve in curves["grpo"].values())
     grpo_final = {seed: curve[-1][2] for seed, curve in curves["grpo"].items()}
     target = start + (statistics.mean(grpo_final.values()) - start) / 2  # halfway from start to GRPO's final
+
+    def mean_acc(curve):  # over the evaluations after step 0
+        return statistics.mean(acc for _, _, acc in curve[1:])
+
+    def per_run(method, key):  # the run's mean of a logged metric, for the runs that log it
+        values = (mean_metric(lines, key) for lines in metrics[method].values())
+        return [value for value in values if value is not None]
+
     stats = {"start_acc": start, "target": target, "methods": {}}
     for method, by_seed in curves.items():
-        metrics = {seed: read_metrics(runs[method][seed]) for seed in by_seed}
-        reached = {seed: first_reaching(curve, target) for seed, curve in by_seed.items()}
+        paired = [seed for seed in by_seed if seed in grpo_final]
+        reached = [first_reaching(curve, target) for curve in by_seed.values()]
         stats["methods"][method] = {
             "final": [curve[-1][2] for curve in by_seed.values()],
-            "gain": [curve[-1][2] - grpo_final[seed] for seed, curve in by_seed.items() if seed in grpo_final],
-            "area": [statistics.mean(acc for _, _, acc in curve[1:]) - statistics.mean(
-                acc for _, _, acc in curves["grpo"][seed][1:]) for seed, curve in by_seed.items() if seed in grpo_final],
-            "rollouts_to_target": [r[0] for r in reached.values() if r],
-            "tokens_to_target": [r[1] for r in reached.values() if r],
+            "gain": [by_seed[seed][-1][2] - grpo_final[seed] for seed in paired],
+            "area": [mean_acc(by_seed[seed]) - mean_acc(curves["grpo"][seed]) for seed in paired],
+            "rollouts_to_target": [r[0] for r in reached if r],
+            "tokens_to_target": [r[1] for r in reached if r],
             "seeds": len(by_seed),
             "tokens_per_rollout": [curve[-1][1] / max(curve[-1][0], 1) for curve in by_seed.values()],
-            "loc_exact": [v for v in (mean_metric(lines, "loc_exact") for lines in metrics.values()) if v is not None],
-            "suffix_acc_clean_prefix": [v for v in (mean_metric(lines, "suffix_acc_clean_prefix")
-                                                    for lines in metrics.values()) if v is not None],
+            "loc_exact": per_run(method, "loc_exact"),
+            "suffix_acc_clean_prefix": per_run(method, "suffix_acc_clean_prefix"),
             "curves": {seed: curve for seed, curve in by_seed.items()},
         }
     return stats

@@ -100,12 +100,9 @@ def solve_steps(example):
 
 def chain_steps(value, ops):
     """The steps that apply `ops` one by one starting from `value`; the last result is boxed."""
-    steps = []
-    for k, (operator, operand) in enumerate(ops, 1):
-        result = apply(value, operator, operand)
-        steps.append(format_step(value, operator, operand, result, boxed=k == len(ops)))
-        value = result
-    return steps
+    results = chain_values(value, ops)
+    return [format_step(before, operator, operand, result, boxed=k == len(ops))
+            for k, ((operator, operand), before, result) in enumerate(zip(ops, [value] + results, results), 1)]
 
 
 def chain_values(value, ops):
@@ -443,10 +440,10 @@ def load_baby_model(cache_dir=None, settings=BabySettings()):
 def generate(model, tokenizer, prompts, max_new_tokens, temperature=0.0, batch=256):
     """The completions of `prompts` (texts): greedy, or sampled at `temperature` (no top-p: the
     model's own distribution, which is what the toy runs sample)."""
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature else {"do_sample": False}
     completions = []
     for i in range(0, len(prompts), batch):
         inputs = tokenizer(prompts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0} if temperature else {"do_sample": False}
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                                 eos_token_id=tokenizer.eos_token_id, **sampling)
         completions += tokenizer.batch_decode(output[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
@@ -495,17 +492,16 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
     rng = random.Random(seed)
     torch.manual_seed(seed)  # the same samples at every run
     examples = make_examples(n, seed, n_ops)
-    texts, rewards = sampled_solutions(model, tokenizer, examples, temperature)
-    answer_acc = sum(rewards) / n
-    failed = [(ex, localize.split_steps(text)) for ex, text, reward in zip(examples, texts, rewards)
-              if not reward and text]  # "" has no step to blame
-    for round_ in range(1, 20):  # more problems until there are enough failures to measure on
+    failed = []
+    for round_ in range(20):  # more problems until there are enough failures to measure on
+        sampled = examples if round_ == 0 else make_examples(n, seed + round_, n_ops)
+        texts, rewards = sampled_solutions(model, tokenizer, sampled, temperature)
+        if round_ == 0:
+            answer_acc = sum(rewards) / n
+        failed += [(ex, localize.split_steps(text)) for ex, text, reward in zip(sampled, texts, rewards)
+                   if not reward and text]  # "" has no step to blame
         if len(failed) >= min_failures:
             break
-        more = make_examples(n, seed + round_, n_ops)
-        texts, rewards = sampled_solutions(model, tokenizer, more, temperature)
-        failed += [(ex, localize.split_steps(text)) for ex, text, reward in zip(more, texts, rewards)
-                   if not reward and text]
     own_exact, own_random = localization_accuracy(model, tokenizer, *zip(*failed)) if failed else (0.0, 0.0)
     injected = [inject_error(ex, rng.randint(1, n_ops), rng) for ex in examples]
     first_error_ops = {}
