@@ -9,15 +9,20 @@ With --trl, TRL's GRPOTrainer runs the same work (same model, prompts, group siz
 one optimizer step per batch, the same --beta) and its steps are timed the same way; its first step
 is a warm-up and is not counted. TRL always runs the backward pass, while ours skips rollouts with
 zero advantage (and the whole update when every group has equal rewards): with --beta > 0 both
-train on every rollout, which is equal work whatever the rewards. With --sampling, the table compares ways to sample the rollouts of a
-step instead: plain `generate` with every prompt repeated n times, ours (`generation.sample`:
-each prompt prefilled once), and `generate` with a static cache compiled by torch.compile (GPU).
+train on every rollout, which is equal work whatever the rewards. With --sampling, the table compares
+ways to sample the rollouts of a step instead: plain `generate` with every prompt repeated n times,
+ours (`generation.sample`: each prompt prefilled once) with a dynamic and with a static KV cache,
+and plain `generate` with a static cache. On a GPU, `generate` compiles the decoding step for a
+static cache (torch.compile); an untimed call on the same shapes comes first. With --kv-cache
+static (or --caches dynamic,static, which times each method with both), each method's steps are
+preceded by --warmup-repeats untimed ones, for the same reason.
 
     python benchmark.py                                   # the toy model, CPU
     python benchmark.py --model path/to/SmolLM2-135M-Instruct.Q4_1.gguf --dataset gsm8k.jsonl --trl
     python benchmark.py --model path/to/model --dataset gsm8k.jsonl --sampling
 """
 import copy
+import dataclasses
 import random
 import statistics
 import tempfile
@@ -46,6 +51,10 @@ class BenchConfig(srpo.SRPOConfig):
     methods: str = grpo.option("grpo,rrpo,srpo", "methods to time, comma-separated")
     trl: bool = grpo.option(False, "also time TRL's GRPOTrainer on the same work (pip install trl)")
     sampling: bool = grpo.option(False, "compare ways of sampling a step's rollouts instead of steps")
+    caches: str | None = grpo.option(None, "KV caches to time each method with, comma-separated: dynamic, "
+                                           "static; default: --kv-cache")
+    warmup_repeats: int | None = grpo.option(None, "untimed steps per method before the timed ones; default 1 "
+                                                   "with a static cache (compilation), else 0", at_least=0)
 
 
 def synchronize(device) -> None:
@@ -54,6 +63,11 @@ def synchronize(device) -> None:
 
 
 def measure(cfg: BenchConfig) -> dict:
+    methods, caches = cfg.methods.split(","), (cfg.caches or cfg.kv_cache).split(",")
+    if unknown := set(methods) - set(METHODS):
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}; choose among {', '.join(METHODS)}.")
+    if unknown := set(caches) - {"dynamic", "static"}:
+        raise SystemExit(f"--caches: unknown {sorted(unknown)}; choose among dynamic, static.")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = run.load_model(cfg, device)
     ref_model = run.load_model(cfg, device)[0].eval().requires_grad_(False) if cfg.beta > 0 else None
@@ -61,17 +75,19 @@ def measure(cfg: BenchConfig) -> dict:
     examples, _ = data.tokenize_prompts(run.load_examples(cfg.dataset, True, cfg), tokenizer, cfg.max_new_tokens,
                                         getattr(model.config, "max_position_embeddings", 10**9))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    policy = grpo.Policy(model, tokenizer, cfg)
-    methods = cfg.methods.split(",")
-    if unknown := set(methods) - set(METHODS):
-        raise SystemExit(f"--methods: unknown {sorted(unknown)}; choose among {', '.join(METHODS)}.")
-    results = {name: {"rollout_s": [], "train_s": [], "tokens": []} for name in methods}
-    for repeat in range(cfg.repeats):
+    # one row per method and cache: "grpo", or "grpo, static" when caches are compared
+    runs = {name if len(caches) == 1 else f"{name}, {cache}": (name, cache) for cache in caches for name in methods}
+    policies = {cache: grpo.Policy(model, tokenizer, dataclasses.replace(cfg, kv_cache=cache)) for cache in caches}
+    results = {row: {"rollout_s": [], "train_s": [], "tokens": []} for row in runs}
+    warmup = grpo.or_default(cfg.warmup_repeats, 1 if "static" in caches else 0)
+    for repeat in range(-warmup, cfg.repeats):  # repeats below 0 are not timed
         batch = run.step_examples(examples, repeat + 1, cfg, 0, 1)
-        names = methods[repeat % len(methods):] + methods[:repeat % len(methods)]
-        for name in names:
+        rows = list(runs)[repeat % len(runs):] + list(runs)[:repeat % len(runs)]
+        for row in rows:
+            name, cache = runs[row]
+            policy = policies[cache]
             model.load_state_dict(start_weights)
-            torch.manual_seed(repeat)
+            torch.manual_seed(max(repeat, 0))
             policy.tokens_generated = 0
             synchronize(device)
             begin = time.perf_counter()
@@ -83,9 +99,11 @@ def measure(cfg: BenchConfig) -> dict:
                                                torch.tensor([r.group for r in rollouts]))
             grpo.train_on_rollouts(model, ref_model, optimizer, rollouts, advantages, cfg, tokenizer.pad_token_id, device)
             synchronize(device)
-            results[name]["rollout_s"].append(middle - begin)
-            results[name]["train_s"].append(time.perf_counter() - middle)
-            results[name]["tokens"].append(policy.tokens_generated)
+            if repeat < 0:
+                continue
+            results[row]["rollout_s"].append(middle - begin)
+            results[row]["train_s"].append(time.perf_counter() - middle)
+            results[row]["tokens"].append(policy.tokens_generated)
     if cfg.trl:
         model.load_state_dict(start_weights)
         results["trl"] = trl_steps(cfg, model, tokenizer, examples, device)
@@ -158,8 +176,8 @@ def sampling_speeds(cfg: BenchConfig) -> dict:
     prompts = [ex["prompt_ids"] for ex in run.step_examples(examples, 1, cfg, 0, 1)]
     budget = cfg.max_new_tokens
 
-    def ours(batch, n):  # returns the decode steps it took: its longest response
-        chains = generation.sample(model, tokenizer, batch, n, budget, greedy=True)
+    def ours(batch, n, cache="dynamic"):  # returns the decode steps it took: its longest response
+        chains = generation.sample(model, tokenizer, batch, n, budget, greedy=True, cache=cache)
         return max(len(chain.ids) for group in chains for chain in group)
 
     def plain(batch, n, **extra):
@@ -170,19 +188,26 @@ def sampling_speeds(cfg: BenchConfig) -> dict:
 
     eos = generation.eos_ids(model, tokenizer)
 
-    ways = {"plain generate": plain, "ours (prefix shared)": ours}
-    if device.type == "cuda":
-        ways["generate, static cache, compiled"] = lambda batch, n: plain(batch, n, cache_implementation="static")
+    compiled = ", compiled" if device.type == "cuda" else ""
+    ways = {"plain generate": plain, "ours (prefix shared)": ours,
+            f"ours, static cache{compiled}": lambda batch, n: ours(batch, n, "static"),
+            f"generate, static cache{compiled}": lambda batch, n: plain(batch, n, cache_implementation="static")}
     table = {}
-    for n, batch in ((1, prompts), (cfg.group_size, prompts)):
+    for n in (1, cfg.group_size):
+        times, steps = {name: [] for name in ways}, {}
         for name, way in ways.items():
-            way(batch, n)  # warm-up, on the same shapes: a static cache compiles for each
-            synchronize(device)
-            begin = time.perf_counter()
-            steps = way(batch, n)
-            synchronize(device)
-            seconds = time.perf_counter() - begin
-            table[(name, n)] = {"s": seconds, "steps_per_s": steps / seconds, "rows": len(batch) * n}
+            way(prompts, n)  # warm-up, on the same shapes: a static cache compiles for them
+        for repeat in range(cfg.repeats):  # the ways take turns, in a rotating order
+            names = list(ways)[repeat % len(ways):] + list(ways)[:repeat % len(ways)]
+            for name in names:
+                synchronize(device)
+                begin = time.perf_counter()
+                steps[name] = ways[name](prompts, n)
+                synchronize(device)
+                times[name].append(time.perf_counter() - begin)
+        for name, seconds in times.items():
+            median = statistics.median(seconds)
+            table[(name, n)] = {"s": median, "steps_per_s": steps[name] / median, "rows": len(prompts) * n}
     return table
 
 
@@ -190,7 +215,7 @@ if __name__ == "__main__":
     cfg = run.parse_config(BenchConfig)
     if cfg.sampling:
         speeds = sampling_speeds(cfg)
-        print(f"\nsampling {cfg.max_new_tokens} tokens per row, greedy:\n")
+        print(f"\nsampling up to {cfg.max_new_tokens} tokens per row, greedy, median of {cfg.repeats}:\n")
         print("| way | n per prompt | rows | seconds | decode steps/s | tokens/s |")
         print("| --- | --- | --- | --- | --- | --- |")
         for (name, n), r in speeds.items():

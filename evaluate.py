@@ -78,6 +78,8 @@ class Config:
     out: str = option("runs/eval", "output folder")
     seed: int = option(0, "seeds the sampling of --samples")
     dtype: str = option("float32", "weights: float32 or bfloat16", choices=["float32", "bfloat16"])
+    kv_cache: str = option("dynamic", "KV cache: dynamic, or static (compiled on a GPU); the same tokens",
+                           choices=["dynamic", "static"])
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -143,7 +145,7 @@ def generation_settings(cfg: Config, models: list[str]) -> grpo.Config:
                 for key in (*LIMITS, "temperature", "top_p")}
     if settings["max_thoughts"] is None:
         settings["max_thoughts"] = grpo.Config.max_thoughts
-    return grpo.Config(model=models[0], **settings, dtype=cfg.dtype)
+    return grpo.Config(model=models[0], **settings, dtype=cfg.dtype, kv_cache=cfg.kv_cache)
 
 
 def response_record(example: dict, chain, text: str, reward: float) -> dict:
@@ -168,7 +170,7 @@ def generate_batches(model, tokenizer, examples, gen: grpo.Config, n: int, batch
             torch.manual_seed(random.Random(f"{seed_key}-{b}").randrange(2**63))
             chains = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], max(n, 1), gen.max_new_tokens,
                             gen.temperature, gen.top_p, greedy=n == 0, max_thought_tokens=gen.max_thought_tokens,
-                            max_thoughts=gen.max_thoughts)
+                            max_thoughts=gen.max_thoughts, cache=gen.kv_cache)
             flat = [(ex, chain, localize.decode(tokenizer, chain.ids)) for ex, group in zip(chunk, chains)
                     for chain in group]
             scores = data.rewards([ex for ex, _, _ in flat], [text for _, _, text in flat])

@@ -17,7 +17,7 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, GenerationConfig, StaticCache, StoppingCriteria, StoppingCriteriaList
 
 import localize
 
@@ -126,10 +126,38 @@ class ThoughtStopper(StoppingCriteria):
             self.finish[row] = "budget"
 
 
+def static_shape(rows: int, length: int) -> tuple[int, int]:
+    """Rows and cache length of a static cache that holds `rows` sequences of `length` tokens:
+    rows rounded up to a power of two, length to a multiple of 256. A compiled decoding step is
+    recompiled for each new shape; the rounding keeps a training run to a few shapes.
+
+    >>> static_shape(24, 300), static_shape(64, 512), static_shape(1, 1)
+    ((32, 512), (64, 512), (1, 256))
+    """
+    return 1 << (rows - 1).bit_length(), -(-length // 256) * 256
+
+
+class ExtraRowsStop(StoppingCriteria):
+    """The criteria for the first `rows` rows of a batch; every row after them is done at once
+    (the rows a static cache's shape adds, whose tokens nobody reads)."""
+
+    def __init__(self, criteria: list[StoppingCriteria], rows: int):
+        self.criteria, self.rows = criteria, rows
+
+    def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        done[:self.rows] = False
+        scores = scores[:self.rows] if isinstance(scores, torch.Tensor) else scores
+        for criterion in self.criteria:
+            done[:self.rows] |= criterion(input_ids[:self.rows], scores, **kwargs)
+        return done
+
+
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int | list[int],
            temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
-           max_thought_tokens: int | None = None, max_thoughts: int | list[int] = 10**9) -> list[list[Chain]]:
+           max_thought_tokens: int | None = None, max_thoughts: int | list[int] = 10**9,
+           cache: str = "dynamic") -> list[list[Chain]]:
     """n responses for each prompt, in one batched `generate` call: out[i][j] is response j of
     prompt i.
 
@@ -144,6 +172,11 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     The prefill keeps the logits of one position only (the lm head on every prompt position
     would cost a third of the prefill on a 49k vocabulary, for logits nobody reads). With
     n = 1 there is nothing to share, and `generate` prefills by itself.
+
+    `cache="static"` samples the same tokens into a preallocated KV cache (`StaticCache`), which
+    `generate` compiles the decoding step for on a GPU (torch.compile, CUDA graphs). A compiled
+    step serves one shape only, so the shapes are rounded up (`static_shape`) and the extra rows,
+    copies of the last one, are stopped at their first token.
     """
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     thoughts = max_thoughts if isinstance(max_thoughts, list) else [max_thoughts] * len(prompts)
@@ -157,33 +190,47 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     # Recent transformers call the KV cache argument `cache`; earlier 5.x call it `past_key_values`.
     forward_args = inspect.signature(model.forward).parameters
     cache_arg = "cache" if "cache" in forward_args else "past_key_values"
-    cache = None
+    longest = max(budgets[i] for i in live)
+    rows = [i for i in live for _ in range(n)]  # the prompt of each generated row
+    n_rows, cache_len = static_shape(len(rows), ids.shape[1] + longest) if cache == "static" else (len(rows), 0)
+
+    def widen(t: torch.Tensor) -> torch.Tensor:  # (prompts, ...) -> (n_rows, ...): n copies of each, then extras
+        t = t.repeat_interleave(n, 0)
+        return torch.cat([t, t[-1:].expand(n_rows - len(t), *t.shape[1:])]) if n_rows > len(t) else t
+
+    kv = StaticCache(config=model.config, max_cache_len=cache_len) if cache == "static" else None
     if n > 1 and ids.shape[1] > 1:
-        cache = DynamicCache(config=model.config)
+        shared = DynamicCache(config=model.config)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
-              use_cache=True, **{cache_arg: cache}, **keep)
-        cache.batch_repeat_interleave(n)
+              use_cache=True, **{cache_arg: shared}, **keep)
+        if kv is None:
+            shared.batch_repeat_interleave(n)
+            kv = shared
+        else:  # copied into the static cache's preallocated tensors
+            for layer, prefix in zip(kv.layers, shared.layers):
+                layer.update(widen(prefix.keys), widen(prefix.values))
     stop = eos_ids(model, tokenizer)
-    rows = [i for i in live for _ in range(n)]  # the prompt of each generated row
     stopper = None
     if max_thought_tokens:
         stopper = ThoughtStopper(tokenizer, [budgets[i] for i in rows], [thoughts[i] for i in rows],
                                  max_thought_tokens, stop)
+    criteria = [stopper] if stopper else []
+    if n_rows > len(rows):
+        criteria = [ExtraRowsStop(criteria, len(rows))]
     # Every sampling knob is set explicitly: a model's own generation_config (for example
     # top_k=20, repetition_penalty=1.05) would otherwise change the distribution we train on.
     gen_config = GenerationConfig(
         do_sample=not greedy, temperature=temperature if not greedy else None,
         top_p=top_p if not greedy else None, top_k=0 if not greedy else None, repetition_penalty=1.0,
-        max_new_tokens=max(budgets[i] for i in live), pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
-    generated = model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
-                               **{cache_arg: cache}, generation_config=gen_config,
-                               stopping_criteria=StoppingCriteriaList([stopper] if stopper else []))
+        max_new_tokens=longest, pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
+    generated = model.generate(input_ids=widen(ids), attention_mask=widen(mask), **{cache_arg: kv},
+                               generation_config=gen_config, stopping_criteria=StoppingCriteriaList(criteria))
     if stopper:  # it kept each row's tokens up to where its chain ended
         for row, i in enumerate(rows):
             out[i][row % n] = Chain(stopper.generated[row], stopper.thought_ends[row], stopper.finish[row])
         return out
-    for row, (i, tokens) in enumerate(zip(rows, generated[:, ids.shape[1]:].tolist())):  # (prompts * n, new)
+    for row, (i, tokens) in enumerate(zip(rows, generated[:len(rows), ids.shape[1]:].tolist())):  # (prompts * n, new)
         end = next((t + 1 for t, token in enumerate(tokens[:budgets[i]]) if token in stop), None)
         kept = tokens[:end or budgets[i]]
         out[i][row % n] = Chain(kept, [len(kept)], "budget" if end is None else "eos")

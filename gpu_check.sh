@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# The GPU checks, in one run of about 8 minutes on one H100:
-#   1. the generation-equivalence tests on CUDA (cached sampling and thought-by-thought stopping
-#      against plain `generate`);
-#   2. three SRPO steps with LoRA (r = 64, bf16 base) and three with a full fine-tune (fp32 master
-#      weights, bf16 autocast), on a random-weight model of Qwen2.5-1.5B's shape, gradient
-#      checkpointing on (over 1B parameters), --beta 0.04 so that the update runs although a random
-#      model never answers right;
-#   3. the step benchmark against TRL (8 prompts x 8 x 256 tokens) and the sampling benchmark.
+# The GPU checks, in parts (PARTS, default all of them):
+#   tests  the generation-equivalence tests on CUDA (cached sampling and thought-by-thought
+#          stopping against plain `generate`, with a dynamic and with a static KV cache; the
+#          static one is compiled on a GPU);
+#   train  three SRPO steps with LoRA (r = 64, bf16 base) and three with a full fine-tune (fp32
+#          master weights, bf16 autocast), on a random-weight model of Qwen2.5-1.5B's shape,
+#          gradient checkpointing on (over 1B parameters), --beta 0.04 so that the update runs
+#          although a random model never answers right;
+#   trl    one step of ours (GRPO, SRPO) against TRL's GRPOTrainer, 8 prompts x 8 x 256 tokens;
+#   static one step of ours (GRPO, SRPO) with the dynamic and with the static KV cache (decoding
+#          compiled), side by side, after an untimed step each;
+#   sampling  the ways of sampling one step's rollouts, n = 1 and n = 8.
+# tests + train + trl took about 8 minutes on one H200 (without the static-cache tests); static and
+# sampling compile the model's decoding step, each in its own process (unmeasured: budget 3-4
+# minutes each). For one 10-minute slot: PARTS="static sampling".
 #
-#   bash gpu_check.sh [TOKENIZER] [DATA] [OUT]
+#   [PARTS="..."] bash gpu_check.sh [TOKENIZER] [DATA] [OUT]
 # TOKENIZER: a tokenizer folder or hub id (default Qwen/Qwen2.5-1.5B); DATA: a gsm8k-style
 # .jsonl (default ../shared/data/gsm8k/train.jsonl); OUT: where runs and checkpoints go;
 # MODEL (environment): where the random model is written (default $OUT/qwen2.5-1.5b-random).
@@ -18,6 +25,8 @@ TOKENIZER=${1:-Qwen/Qwen2.5-1.5B}
 DATA=${2:-../shared/data/gsm8k/train.jsonl}
 OUT=${3:-runs/gpu-check}
 MODEL=${MODEL:-$OUT/qwen2.5-1.5b-random}
+PARTS=${PARTS:-tests train trl static sampling}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_MININTERVAL=10
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -40,24 +49,37 @@ model.save_pretrained(folder)
 tokenizer.save_pretrained(folder)
 EOF
 
-echo "== 1. generation-equivalence tests on CUDA"
-RESETS_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_generation.py \
+if part tests; then
+echo "== tests: generation equivalence on CUDA"
+RESETS_TEST_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_generation.py \
     tests/test_grpo.py -k "equals_plain or budgets or free_text or logprobs_match" 2>&1 | tail -15
+fi
 
 RUN="--model $MODEL --dataset $DATA --steps 3 --prompts-per-step 8 --group-size 8 --max-new-tokens 256
      --max-thought-tokens 64 --loc-max-new-tokens 128 --eval-size 8 --eval-every 0 --beta 0.04"
-echo "== 2a. SRPO, LoRA r=64"
+if part train; then
+echo "== train: SRPO, LoRA r=64"
 timeout 170 python3 srpo.py $RUN --lora-rank 64 --lr 5e-5 --out "$OUT/srpo-lora" 2>&1 | grep -v "it/s\]" | tail -8
-echo "== 2b. SRPO, full fine-tune"
+echo "== train: SRPO, full fine-tune"
 timeout 170 python3 srpo.py $RUN --out "$OUT/srpo-full" 2>&1 | grep -v "it/s\]" | tail -8
 for run in srpo-lora srpo-full; do
     python3 -c "import json,sys; [print(sys.argv[1], {k: round(v, 2) if isinstance(v, float) else v for k, v in json.loads(l).items() if k in ('step', 'rollout_s', 'train_s', 'tokens_generated', 'max_memory_gib', 'loss', 'grad_norm', 'skipped')}) for l in open(sys.argv[2])]" $run "$OUT/$run/metrics.jsonl"
 done
 
-echo "== 3a. one step: ours vs TRL"
-timeout 150 python3 benchmark.py --model "$MODEL" --dataset "$DATA" --prompts-per-step 8 --group-size 8 \
-    --max-new-tokens 256 --max-thought-tokens 256 --mini-batches 1 --repeats 2 --methods grpo,srpo \
-    --loc-max-new-tokens 128 --trl 2>&1 | grep -v "it/s\]" | tail -8
-echo "== 3b. sampling"
-timeout 170 python3 benchmark.py --model "$MODEL" --dataset "$DATA" --prompts-per-step 8 --group-size 8 \
-    --max-new-tokens 256 --sampling 2>&1 | grep -v "it/s\]" | tail -10
+fi
+
+BENCH="--model $MODEL --dataset $DATA --prompts-per-step 8 --group-size 8 --max-new-tokens 256
+       --max-thought-tokens 256 --loc-max-new-tokens 128 --mini-batches 1 --repeats 2 --methods grpo,srpo"
+if part trl; then
+echo "== trl: one step, ours vs TRL"
+timeout 150 python3 benchmark.py $BENCH --trl 2>&1 | grep -v "it/s\]" | tail -8
+fi
+if part static; then
+echo "== static: one step, ours, dynamic vs static KV cache (compiled), --beta 0.04"
+timeout 330 python3 benchmark.py $BENCH --caches dynamic,static --beta 0.04 2>&1 | grep -v "it/s\]" | tail -8
+fi
+if part sampling; then
+echo "== sampling: ways of sampling one step's rollouts"
+timeout 270 python3 benchmark.py --model "$MODEL" --dataset "$DATA" --prompts-per-step 8 --group-size 8 \
+    --max-new-tokens 256 --repeats 2 --sampling 2>&1 | grep -v "it/s\]" | tail -14
+fi

@@ -133,6 +133,10 @@ class Config:
     grad_checkpointing: bool | None = option(None, "recompute activations in the backward pass to save "
                                                    "memory; default: on for models over 1B parameters")
     micro_batch: int = option(8, "sequences per training forward; bounds the memory", at_least=1)
+    kv_cache: str = option("dynamic", "KV cache of sampling: dynamic (grows as tokens come), or static "
+                                      "(preallocated; on a GPU, generate compiles the decoding step, which "
+                                      "takes a while once per shape); the same tokens either way",
+                           choices=["dynamic", "static"])
 
     def __post_init__(self):
         # The toy model is tiny and its solutions short; a pretrained model follows the paper
@@ -252,7 +256,7 @@ class Policy:
                         cfg.max_new_tokens if max_new_tokens is None else max_new_tokens,
                         cfg.temperature if temperature is None else temperature, cfg.top_p, greedy,
                         cfg.max_thought_tokens if thoughts else None,
-                        cfg.max_thoughts if max_thoughts is None else max_thoughts)
+                        cfg.max_thoughts if max_thoughts is None else max_thoughts, cfg.kv_cache)
         self.tokens_generated += sum(len(chain.ids) for group in chains for chain in group)
         return chains
 
@@ -407,7 +411,8 @@ def evaluate(model, tokenizer, examples, cfg, rank, world, device, batch=64) -> 
         chunk = shard[i:i + batch]
         chains = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens,
                         temperature=cfg.eval_temperature or 1.0, top_p=cfg.top_p, greedy=not cfg.eval_temperature,
-                        max_thought_tokens=cfg.max_thought_tokens, max_thoughts=cfg.max_thoughts)
+                        max_thought_tokens=cfg.max_thought_tokens, max_thoughts=cfg.max_thoughts,
+                        cache=cfg.kv_cache)
         correct += sum(rewards(chunk, [localize.decode(tokenizer, chain.ids) for (chain,) in chains]))
     model.train(was_training)
     correct, count = run.all_sum([correct, len(shard)], device)

@@ -151,13 +151,15 @@ PROMPTS = ["Start at 7.</thought> Add 5", "Natalia", "Solve the problem one step
            "Find the step where", "The answer is", "12 * 3 = 36.", "clips in May"]
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("max_thought_tokens,max_thoughts,budget", [(12, 20, 80), (6, 3, 60), (10, 20, 24)])
 def test_generation_with_stopping_equals_plain_generate_cut_by_the_rule(
-        thought_model, thought_tokenizer, max_thought_tokens, max_thoughts, budget):
+        thought_model, thought_tokenizer, max_thought_tokens, max_thoughts, budget, n, cache):
     tokenizer = thought_tokenizer
     prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
-    chains = generation.sample(thought_model, tokenizer, prompts, 2, budget, greedy=True,
-                         max_thought_tokens=max_thought_tokens, max_thoughts=max_thoughts)
+    chains = generation.sample(thought_model, tokenizer, prompts, n, budget, greedy=True,
+                               max_thought_tokens=max_thought_tokens, max_thoughts=max_thoughts, cache=cache)
     ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, thought_model.device)
     plain = thought_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=budget,
                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -192,20 +194,22 @@ def test_generation_with_stopping_on_smollm2(smollm2_model, smollm2_tokenizer):
             tokenizer, tokens, budget, max_thought_tokens, 3, stop)
 
 
-def test_per_prompt_budgets_and_thought_limits(thought_model, thought_tokenizer):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_per_prompt_budgets_and_thought_limits(thought_model, thought_tokenizer, cache):
     prompts = [thought_tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS[:3]]
     budgets, thoughts = [40, 5, 30], [2, 4, 0]  # the second cannot fit a thought, the third has none left
     chains = generation.sample(thought_model, thought_tokenizer, prompts, 2, budgets, temperature=1.0,
-                         max_thought_tokens=8, max_thoughts=thoughts)
+                               max_thought_tokens=8, max_thoughts=thoughts, cache=cache)
     assert all(len(c.ids) <= 40 and len(c.thought_ends) <= 2 for c in chains[0])
     assert [(c.ids, c.finish) for c in chains[1]] == [([], "budget")] * 2
     assert [(c.ids, c.finish) for c in chains[2]] == [([], "max_thoughts")] * 2
 
 
-def test_free_text_sampling_ends_at_eos_or_the_cap(thought_model, thought_tokenizer):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_free_text_sampling_ends_at_eos_or_the_cap(thought_model, thought_tokenizer, cache):
     """Without thought limits (a localization reply) a response is one piece of free text."""
     prompts = [thought_tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
-    chains = generation.sample(thought_model, thought_tokenizer, prompts, 1, 30, greedy=True)
+    chains = generation.sample(thought_model, thought_tokenizer, prompts, 1, 30, greedy=True, cache=cache)
     eos = thought_tokenizer.eos_token_id
     for (chain,) in chains:
         assert chain.thought_ends == [len(chain.ids)]
@@ -213,3 +217,28 @@ def test_free_text_sampling_ends_at_eos_or_the_cap(thought_model, thought_tokeni
             assert chain.ids[-1] == eos and eos not in chain.ids[:-1]
         else:
             assert chain.finish == "budget" and len(chain.ids) == 30 and eos not in chain.ids
+
+
+def test_free_text_with_a_static_cache_equals_plain_generate(thought_model, thought_tokenizer):
+    """Without a stopper, the rows a static cache's shape adds must not keep the batch going or
+    change a real row: 3 prompts x 3 = 9 rows run as 16."""
+    tokenizer = thought_tokenizer
+    prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS[:3]]
+    chains = generation.sample(thought_model, tokenizer, prompts, 3, 30, greedy=True, cache="static")
+    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, thought_model.device)
+    plain = thought_model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=30,
+                                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    for group, tokens in zip(chains, plain[:, ids.shape[1]:].tolist()):
+        end = next((t + 1 for t, token in enumerate(tokens) if token == tokenizer.eos_token_id), 30)
+        assert [chain.ids for chain in group] == [tokens[:end]] * 3
+
+
+def test_extra_rows_stop_at_their_first_token():
+    class EveryOther(generation.StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            assert input_ids.shape[0] == 3 and scores.shape[0] == 3  # the real rows only
+            return torch.tensor([True, False, True])
+
+    stop = generation.ExtraRowsStop([EveryOther()], rows=3)
+    assert stop(torch.zeros(5, 2, dtype=torch.long), torch.zeros(5, 7)).tolist() == [True, False, True, True, True]
+    assert generation.ExtraRowsStop([], rows=2)(torch.zeros(4, 1), None).tolist() == [False, False, True, True]

@@ -31,10 +31,11 @@ def plain_greedy(model, tokenizer, prompts, max_new_tokens):
     return responses
 
 
-def check_cached_equals_plain(model, tokenizer, texts, max_new_tokens=24):
+def check_cached_equals_plain(model, tokenizer, texts, max_new_tokens=24, cache="dynamic"):
     tokenizer.padding_side = "left"
     prompts = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    cached = generation.sample(model, tokenizer, prompts, n=3, max_new_tokens=max_new_tokens, greedy=True)
+    cached = generation.sample(model, tokenizer, prompts, n=3, max_new_tokens=max_new_tokens, greedy=True,
+                               cache=cache)
     reference = plain_greedy(model, tokenizer, prompts, max_new_tokens)
     for group, expected in zip(cached, reference):
         assert len(expected) > 0
@@ -47,21 +48,24 @@ def chaotic_model(tiny_tokenizer):
     return make_model(tiny_tokenizer, initializer_range=1.0)
 
 
-def test_cached_sampling_equals_plain_generate_one_prompt(chaotic_model, tiny_tokenizer):
-    check_cached_equals_plain(chaotic_model, tiny_tokenizer, ["Start at 7.</thought> Add 5"])
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cached_sampling_equals_plain_generate_one_prompt(chaotic_model, tiny_tokenizer, cache):
+    check_cached_equals_plain(chaotic_model, tiny_tokenizer, ["Start at 7.</thought> Add 5"], cache=cache)
 
 
-def test_cached_sampling_equals_plain_generate_left_padded_batch(chaotic_model, tiny_tokenizer):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cached_sampling_equals_plain_generate_left_padded_batch(chaotic_model, tiny_tokenizer, cache):
     texts = ["Start at 7.</thought> Add 5: 7 + 5 = 12.</thought>", "Natalia", "Solve the problem one step"]
-    check_cached_equals_plain(chaotic_model, tiny_tokenizer, texts)
+    check_cached_equals_plain(chaotic_model, tiny_tokenizer, texts, cache=cache)
 
 
-def test_cached_sampling_equals_plain_generate_smollm2(smollm2_model, smollm2_tokenizer):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_cached_sampling_equals_plain_generate_smollm2(smollm2_model, smollm2_tokenizer, cache):
     model = smollm2_model
     texts = [data.format_prompt(smollm2_tokenizer, "What is 12 times 3?"),
              data.format_prompt(smollm2_tokenizer, "Natalia sold clips to 48 of her friends in April, "
                                 "and then she sold half as many clips in May. How many clips in total?")]
-    check_cached_equals_plain(model, smollm2_tokenizer, texts, max_new_tokens=16)
+    check_cached_equals_plain(model, smollm2_tokenizer, texts, max_new_tokens=16, cache=cache)
 
 
 def test_sampling_keeps_eos_and_marks_truncation(chaotic_model, tiny_tokenizer):

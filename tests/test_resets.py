@@ -218,14 +218,14 @@ def test_odd_group_size_is_refused():
 # ---------------------------------------------------------------------------------------------
 
 
-def run_two_steps(config_class, choose, model_dir, tmp_path):
+def run_two_steps(config_class, choose, model_dir, tmp_path, *extra):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n"
                             for a in range(6)))
     out = tmp_path / "run"
     args = ["--model", str(model_dir), "--dataset", str(data), "--out", str(out), "--steps", "2",
             "--prompts-per-step", "2", "--group-size", "4", "--max-fresh", "4", "--max-new-tokens", "12",
-            "--eval-size", "2", "--eval-every", "0", "--temperature", "1.0", "--beta", "0.1"]
+            "--eval-size", "2", "--eval-every", "0", "--temperature", "1.0", "--beta", "0.1", *extra]
     if config_class is srpo.SRPOConfig:
         args += ["--loc-max-new-tokens", "6"]
     cfg = run.parse_config(config_class, argv=args)
@@ -241,8 +241,9 @@ def test_rrpo_two_steps_tiny_model(tiny_model_dir, tmp_path):
     assert (tmp_path / "run" / "checkpoint-2").is_dir()
 
 
-def test_srpo_two_steps_tiny_model(tiny_model_dir, tmp_path):
-    lines = run_two_steps(srpo.SRPOConfig, srpo.self_resets, tiny_model_dir, tmp_path)
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_srpo_two_steps_tiny_model(tiny_model_dir, tmp_path, kv_cache):
+    lines = run_two_steps(srpo.SRPOConfig, srpo.self_resets, tiny_model_dir, tmp_path, "--kv-cache", kv_cache)
     assert [line["step"] for line in lines] == [0, 1, 2]
     assert lines[1]["loc_parse_fail_frac"] is not None and lines[1]["loc_len_mean"] <= 6
     assert lines[2]["samples_seen"] == 2 * 2 * 4
