@@ -127,6 +127,9 @@ class Config:
                                "all weights. Needs `pip install peft`", at_least=0)
     lora_alpha: float = option(64.0, "LoRA scale alpha (the update is alpha / rank * B A); the paper: 64",
                                above=0)
+    lora_fold: bool = option(True, "sample with each LoRA adapter folded into its layer's weight (one matrix "
+                                   "product per layer instead of three, for one more copy of those weights "
+                                   "while sampling); --no-lora-fold samples through the adapters")
     dtype: str = option("auto", "weights: auto = float32 for a full fine-tune (bf16 autocast on GPU) and "
                                 "bfloat16 frozen base weights for LoRA on GPU; or float32, bfloat16",
                         choices=["auto", "float32", "bfloat16"])
@@ -252,11 +255,12 @@ class Policy:
         """Chains thought by thought under the config's limits; `thoughts=False` for free text
         (a localization reply), which ends at eos or after max_new_tokens."""
         cfg = self.cfg
-        chains = sample(self.model, self.tokenizer, prompts, n,
-                        cfg.max_new_tokens if max_new_tokens is None else max_new_tokens,
-                        cfg.temperature if temperature is None else temperature, cfg.top_p, greedy,
-                        cfg.max_thought_tokens if thoughts else None,
-                        cfg.max_thoughts if max_thoughts is None else max_thoughts, cfg.kv_cache)
+        with run.lora_folded(self.model, cfg.lora_fold):
+            chains = sample(self.model, self.tokenizer, prompts, n,
+                            cfg.max_new_tokens if max_new_tokens is None else max_new_tokens,
+                            cfg.temperature if temperature is None else temperature, cfg.top_p, greedy,
+                            cfg.max_thought_tokens if thoughts else None,
+                            cfg.max_thoughts if max_thoughts is None else max_thoughts, cfg.kv_cache)
         self.tokens_generated += sum(len(chain.ids) for group in chains for chain in group)
         return chains
 
@@ -409,10 +413,11 @@ def evaluate(model, tokenizer, examples, cfg, rank, world, device, batch=64) -> 
     correct = 0.0
     for i in range(0, len(shard), batch):
         chunk = shard[i:i + batch]
-        chains = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens,
-                        temperature=cfg.eval_temperature or 1.0, top_p=cfg.top_p, greedy=not cfg.eval_temperature,
-                        max_thought_tokens=cfg.max_thought_tokens, max_thoughts=cfg.max_thoughts,
-                        cache=cfg.kv_cache)
+        with run.lora_folded(model, cfg.lora_fold):
+            chains = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens,
+                            temperature=cfg.eval_temperature or 1.0, top_p=cfg.top_p, greedy=not cfg.eval_temperature,
+                            max_thought_tokens=cfg.max_thought_tokens, max_thoughts=cfg.max_thoughts,
+                            cache=cfg.kv_cache)
         correct += sum(rewards(chunk, [localize.decode(tokenizer, chain.ids) for (chain,) in chains]))
     model.train(was_training)
     correct, count = run.all_sum([correct, len(shard)], device)

@@ -11,6 +11,7 @@ Plumbing: not needed to understand GRPO, RRPO or SRPO; grpo.train() calls it.
   each field's range checked (`check_ranges`) before anything loads.
 """
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -167,6 +168,28 @@ def merged_state_dict(model, layers: dict) -> dict:
             key = f"{layer}.{param}"
         merged[key] = tensor
     return merged
+
+
+@contextlib.contextmanager
+def lora_folded(model, fold: bool = True):
+    """Inside, each LoRA layer computes with its adapter folded into its weight, W + alpha/r B A,
+    as one matrix product (sampling; peft's layers otherwise run three: W x, then B A x in float32).
+    On leaving, the layers hold their own weights and adapters again: the same tensors, never
+    added to or subtracted from, so the base weights stay bit-identical. Costs one more copy of
+    the adapted weights while inside; without LoRA layers, or with fold=False, it does nothing."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for layer in (lora_layers(model).values() if fold else ()):
+                base = layer.base_layer
+                saved.append((layer, base.weight, layer._disable_adapters))
+                folded = base.weight.float() + layer.get_delta_weight("default").float()
+                base.weight = torch.nn.Parameter(folded.to(base.weight.dtype), requires_grad=False)
+                layer._disable_adapters = True
+        yield
+    finally:
+        for layer, weight, disabled in saved:
+            layer.base_layer.weight, layer._disable_adapters = weight, disabled
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,3 +108,41 @@ def test_dtype_auto_and_checkpointing_defaults(tiny_model_dir):
     assert not model.is_gradient_checkpointing  # a tiny model: off unless asked
     model, _ = run.load_model(grpo.Config(model=str(tiny_model_dir), grad_checkpointing=True), torch.device("cpu"))
     assert model.is_gradient_checkpointing
+
+
+def test_folded_sampling_equals_sampling_through_the_adapters(sharp_model_dir, tiny_tokenizer):
+    """run.lora_folded: the same logits and greedy tokens as peft's adapter path, and afterwards
+    the very same base tensors, bit-identical, with the adapters on again."""
+    from transformers import AutoModelForCausalLM
+
+    import generation
+
+    cfg = run.parse_config(grpo.Config, argv=["--model", str(sharp_model_dir), "--lora-rank", "8",
+                                              "--lora-alpha", "16"])
+    model, _ = run.load_model(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    layers = run.lora_layers(model)
+    with torch.no_grad():
+        for layer in layers.values():  # B starts at zero: make the adapters change something
+            layer.lora_B["default"].weight.normal_(0, 0.2)
+    before = {name: (layer.base_layer.weight, layer.base_layer.weight.clone()) for name, layer in layers.items()}
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    ids = tiny_tokenizer("Start at 7.</thought> Add 5", add_special_tokens=False).input_ids
+    prompts = [ids, ids[:4]]
+    adapted = logits_of(model, ids)
+    through = generation.sample(model, tiny_tokenizer, prompts, 2, 16, greedy=True)
+    with run.lora_folded(model):
+        assert all(layer.disable_adapters for layer in layers.values())
+        folded = logits_of(model, ids)
+        folded_chains = generation.sample(model, tiny_tokenizer, prompts, 2, 16, greedy=True)
+    with run.lora_folded(model, fold=False):
+        assert torch.equal(logits_of(model, ids), adapted)
+    assert torch.allclose(folded, adapted, atol=1e-5)
+    assert [[c.ids for c in group] for group in folded_chains] == [[c.ids for c in group] for group in through]
+    for name, layer in layers.items():
+        weight, copy = before[name]
+        assert layer.base_layer.weight is weight and torch.equal(weight, copy) and not layer.disable_adapters
+    assert [name for name, p in model.named_parameters() if p.requires_grad] == trainable
+    assert torch.equal(logits_of(model, ids), adapted)
+    base = AutoModelForCausalLM.from_pretrained(sharp_model_dir)
+    assert not torch.allclose(logits_of(base, ids), adapted, atol=1e-3)  # the adapters matter here
