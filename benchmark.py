@@ -154,7 +154,7 @@ def trl_steps(cfg: BenchConfig, model, tokenizer, examples: list[dict], device) 
             gradient_accumulation_steps=cfg.prompts_per_step, num_generations=cfg.group_size,
             max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, beta=cfg.beta,
             loss_type="grpo", logging_steps=1, report_to=[], save_strategy="no", use_cpu=device.type != "cuda",
-            bf16=device.type == "cuda", gradient_checkpointing=bool(model.is_gradient_checkpointing),
+            bf16=device.type == "cuda", gradient_checkpointing=run.checkpointing_on(model),
             shuffle_dataset=False, seed=cfg.seed)
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer, callbacks=[timer])

@@ -39,6 +39,12 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def cache_argument(model) -> str:
+    """The name of the KV cache argument of `model.forward`: `cache` in recent transformers,
+    `past_key_values` in earlier 5.x."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def eos_ids(model, tokenizer) -> set[int]:
     """The ids that end a response: the model's generation config's and the tokenizer's eos."""
     eos = model.generation_config.eos_token_id
@@ -187,9 +193,8 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     if not live:
         return out
     ids, mask = left_pad([prompts[i] for i in live], tokenizer.pad_token_id, model.device)  # (prompts, seq)
-    # Recent transformers call the KV cache argument `cache`; earlier 5.x call it `past_key_values`.
     forward_args = inspect.signature(model.forward).parameters
-    cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+    cache_arg = cache_argument(model)
     longest = max(budgets[i] for i in live)
     rows = [i for i in live for _ in range(n)]  # the prompt of each generated row
     n_rows, cache_len = static_shape(len(rows), ids.shape[1] + longest) if cache == "static" else (len(rows), 0)

@@ -50,11 +50,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
+from transformers import DynamicCache
 
 import localize
 import run
 from data import rewards
-from generation import Chain, left_pad, positions, sample
+from generation import Chain, cache_argument, left_pad, positions, sample
 
 
 def option(default, help: str, choices=None, at_least=None, above=None, at_most=None):
@@ -301,16 +302,43 @@ def grpo_rollouts(policy: Policy, examples: list[dict], rng: random.Random):
 # ---------------------------------------------------------------------------------------------
 
 
+def shared_context(rollouts: list[Rollout]) -> int:
+    """How many leading context tokens all the rollouts share, leaving each at least one of its
+    own (the token before its response).
+
+    >>> shared_context([Rollout([5, 6, 7, 8], [9], 0.0, 0), Rollout([5, 6, 7, 2, 3], [4], 0.0, 0)])
+    3
+    """
+    first, shared = rollouts[0].prompt_ids, min(len(r.prompt_ids) for r in rollouts) - 1
+    for r in rollouts[1:]:
+        shared = next((k for k in range(shared) if r.prompt_ids[k] != first[k]), shared)
+    return max(shared, 0)
+
+
 def response_logprobs(model, rollouts: list[Rollout], pad_id: int, temperature: float):
     """log pi(response token | everything before it) for a micro-batch of rollouts.
 
     Returns logprobs and mask, both (batch, longest response). Sequences are left-padded, so every
     response ends at the last position: the lm head runs only on the response positions, and the
     log-softmax covers one micro-batch at a time. Shorter responses are padded on the left (mask 0).
+
+    The context all the rollouts share (a group's prompt) goes through the model once and its KV
+    cache is copied to every row, as in sampling: for 8 rollouts of a 200-token prompt with 60-token
+    responses, 687 token positions instead of 2,080. Gradients flow through the shared part as
+    through each copy. Not under gradient checkpointing, which switches the KV cache off in training.
     """
-    ids, mask = left_pad([r.prompt_ids + r.response_ids for r in rollouts], pad_id, model.device)
+    checkpointing = model.training and run.checkpointing_on(model)
+    shared = shared_context(rollouts) if len(rollouts) > 1 and not checkpointing else 0
+    cache = {}  # the KV cache argument of the forward: none, or the shared context's
+    if shared:
+        cache = {cache_argument(model): DynamicCache(config=model.config)}
+        model(input_ids=torch.tensor([rollouts[0].prompt_ids[:shared]], device=model.device), use_cache=True,
+              logits_to_keep=1, **cache)
+        cache[cache_argument(model)].batch_repeat_interleave(len(rollouts))
+    ids, mask = left_pad([r.prompt_ids[shared:] + r.response_ids for r in rollouts], pad_id, model.device)
     width = max(len(r.response_ids) for r in rollouts)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
+    logits = model(input_ids=ids, attention_mask=torch.cat([mask.new_ones(len(rollouts), shared), mask], 1),
+                   position_ids=shared + positions(mask), use_cache=bool(shared), **cache,
                    logits_to_keep=width + 1).logits[:, :-1].float() / temperature  # (batch, width, vocab)
     targets = ids[:, -width:]
     logprobs = logits.gather(-1, targets[..., None]).squeeze(-1) - logits.logsumexp(-1)

@@ -120,6 +120,13 @@ def weights_dtype(cfg, device, lora: bool = True) -> torch.dtype:
     return torch.bfloat16 if cfg.lora_rank and lora and device.type == "cuda" else torch.float32
 
 
+def checkpointing_on(model) -> bool:
+    """Is gradient checkpointing on? (`is_activation_checkpointing` in recent transformers,
+    `is_gradient_checkpointing` before.)"""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(getattr(model, "is_gradient_checkpointing", False) if on is None else on)
+
+
 def add_lora(model, cfg, checkpoint: Path | None = None) -> None:
     """LoRA adapters (rank cfg.lora_rank, scale cfg.lora_alpha / rank) on every linear layer but
     the lm head, as in the paper; only they train. The model stays a plain transformers model

@@ -96,6 +96,34 @@ def test_response_logprobs_match_naive_computation(chaotic_model):
     assert mask.sum(-1).tolist() == [2, 4, 1]
 
 
+def test_shared_context_is_computed_once_with_the_same_logprobs_and_gradients(chaotic_model):
+    """A group's prompt, and a reset's prompt + prefix beside it, go through the model once; the
+    log-probs and the gradients equal those of each rollout alone (no shared part)."""
+    model = chaotic_model
+    prompt = [5, 6, 7, 8, 9, 10]
+    rollouts = [grpo.Rollout(prompt, [11, 12], 1.0, 0), grpo.Rollout(prompt, [13, 14, 15, 16], 0.0, 0),
+                grpo.Rollout(prompt + [20, 21, 22], [23], 1.0, 1, prefix_len=3),  # a suffix
+                grpo.Rollout(prompt[:4], [30, 31, 32], 0.0, 2)]
+    assert grpo.shared_context(rollouts) == 3  # the shortest context keeps one token of its own
+    model.train()
+    try:
+        model.zero_grad()
+        logprobs, mask = grpo.response_logprobs(model, rollouts, pad_id=0, temperature=0.7)
+        (logprobs * mask).sum().backward()
+        shared_grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        for row, r in enumerate(rollouts):
+            alone, alone_mask = grpo.response_logprobs(model, [r], pad_id=0, temperature=0.7)
+            assert logprobs[row][mask[row]].tolist() == pytest.approx(alone[0][alone_mask[0]].tolist(), rel=1e-5)
+            (alone * alone_mask).sum().backward()
+        for shared, separate in zip(shared_grads, (p.grad for p in model.parameters())):
+            assert (shared - separate).norm() <= 1e-4 * separate.norm()  # float32 sums in another order
+        assert any(g.abs().sum() > 0 for g in shared_grads)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
 def test_group_advantages_by_hand():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])

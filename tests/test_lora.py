@@ -105,9 +105,9 @@ def test_dtype_auto_and_checkpointing_defaults(tiny_model_dir):
     assert run.weights_dtype(cfg, torch.device("cpu")) == torch.float32
     assert run.weights_dtype(cfg, torch.device("cuda"), lora=False) == torch.float32
     model, _ = run.load_model(grpo.Config(model=str(tiny_model_dir)), torch.device("cpu"))
-    assert not model.is_gradient_checkpointing  # a tiny model: off unless asked
+    assert not run.checkpointing_on(model)  # a tiny model: off unless asked
     model, _ = run.load_model(grpo.Config(model=str(tiny_model_dir), grad_checkpointing=True), torch.device("cpu"))
-    assert model.is_gradient_checkpointing
+    assert run.checkpointing_on(model)
 
 
 def test_folded_sampling_equals_sampling_through_the_adapters(sharp_model_dir, tiny_tokenizer):
