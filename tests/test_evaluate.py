@@ -141,16 +141,18 @@ def write_problems(path: Path, golds: list[str]) -> Path:
 GOLDS = ["7", "8", "7", "9", "7", "8", "10"]  # \boxed{7}: 3 of 7 right; \boxed{8}: 2 of 7
 
 
-def test_greedy_pass_at_1_is_the_hand_count_and_training_evaluations(models, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_greedy_pass_at_1_is_the_hand_count_and_training_evaluations(models, tiny_tokenizer, tmp_path, kv_cache):
     problems = write_problems(tmp_path / "sums.jsonl", GOLDS)
     results = evaluate_cli("--model", f"{models['seven']},{models['eight']}", "--benchmarks", problems,
-                           "--out", tmp_path / "eval", "--batch-size", "3", "--max-new-tokens", "16")
+                           "--out", tmp_path / "eval", "--batch-size", "3", "--max-new-tokens", "16",
+                           "--kv-cache", kv_cache)
     assert results["sums"]["seven"]["pass@1"] == pytest.approx(3 / 7)
     assert results["sums"]["eight"]["pass@1"] == pytest.approx(2 / 7)
     assert results["sums"]["seven"]["answered"] == 1.0 and results["sums"]["seven"]["n"] == 7
 
     # training's evaluation (grpo.evaluate) on the same problems and settings gives the same number
-    cfg = grpo.Config(model=str(models["seven"]), max_new_tokens=16)
+    cfg = grpo.Config(model=str(models["seven"]), max_new_tokens=16, kv_cache=kv_cache)
     model, tokenizer = run.load_model(cfg, torch.device("cpu"))
     examples, _ = data.tokenize_prompts(run.load_examples(str(problems), False, cfg), tokenizer, 16, 2048)
     assert grpo.evaluate(model, tokenizer, examples, cfg, 0, 1, torch.device("cpu")) == pytest.approx(3 / 7)
