@@ -15,7 +15,8 @@ ours (`generation.sample`: each prompt prefilled once) with a dynamic and with a
 and plain `generate` with a static cache. On a GPU, `generate` compiles the decoding step for a
 static cache (torch.compile); an untimed call on the same shapes comes first. With --kv-cache
 static (or --caches dynamic,static, which times each method with both), each method's steps are
-preceded by --warmup-repeats untimed ones, for the same reason.
+preceded by --warmup-repeats untimed ones, for the same reason. The two caches sample from the
+same distribution but not the same draws (a static cache's extra rows draw random numbers too).
 
     python benchmark.py                                   # the toy model, CPU
     python benchmark.py --model path/to/SmolLM2-135M-Instruct.Q4_1.gguf --dataset gsm8k.jsonl --trl

@@ -45,6 +45,17 @@ def cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def uses_sliding_window(model) -> bool:
+    """Does any attention layer see only a window of the latest tokens (gemma-3, Mistral-style)?
+    Its KV cache then counts positions differently, and a shared prefix is not reused for it where
+    that would matter (a static cache's prefix, the update's shared context)."""
+    config = model.config.get_text_config()
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return any("sliding" in kind for kind in types)
+    return getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+
+
 def eos_ids(model, tokenizer) -> set[int]:
     """The ids that end a response: the model's generation config's and the tokenizer's eos."""
     eos = model.generation_config.eos_token_id
@@ -182,7 +193,9 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     `cache="static"` samples the same tokens into a preallocated KV cache (`StaticCache`), which
     `generate` compiles the decoding step for on a GPU (torch.compile, CUDA graphs). A compiled
     step serves one shape only, so the shapes are rounded up (`static_shape`) and the extra rows,
-    copies of the last one, are stopped at their first token.
+    copies of the last one, are stopped at their first token. Greedy tokens are the same with
+    either cache; sampled ones follow the same distribution but differ, since the extra rows
+    draw random numbers too.
     """
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     thoughts = max_thoughts if isinstance(max_thoughts, list) else [max_thoughts] * len(prompts)
@@ -204,7 +217,9 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
         return torch.cat([t, t[-1:].expand(n_rows - len(t), *t.shape[1:])]) if n_rows > len(t) else t
 
     kv = StaticCache(config=model.config, max_cache_len=cache_len) if cache == "static" else None
-    if n > 1 and ids.shape[1] > 1:
+    # (a sliding-window layer's dynamic cache keeps only the window, which a static cache cannot
+    # take over: there, generate prefills every row itself)
+    if n > 1 and ids.shape[1] > 1 and not (kv is not None and uses_sliding_window(model)):
         shared = DynamicCache(config=model.config)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),

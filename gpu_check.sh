@@ -52,7 +52,7 @@ EOF
 if part tests; then
 echo "== tests: generation equivalence on CUDA"
 RESETS_TEST_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_generation.py \
-    tests/test_grpo.py -k "equals_plain or budgets or free_text or logprobs_match" 2>&1 | tail -15
+    tests/test_grpo.py -k "equals_plain or budgets or free_text or logprobs_match or shared_context or sliding" 2>&1 | tail -15
 fi
 
 RUN="--model $MODEL --dataset $DATA --steps 3 --prompts-per-step 8 --group-size 8 --max-new-tokens 256

@@ -55,7 +55,7 @@ from transformers import DynamicCache
 import localize
 import run
 from data import rewards
-from generation import Chain, cache_argument, left_pad, positions, sample
+from generation import Chain, cache_argument, left_pad, positions, sample, uses_sliding_window
 
 
 def option(default, help: str, choices=None, at_least=None, above=None, at_most=None):
@@ -139,7 +139,8 @@ class Config:
     micro_batch: int = option(8, "sequences per training forward; bounds the memory", at_least=1)
     kv_cache: str = option("dynamic", "KV cache of sampling: dynamic (grows as tokens come), or static "
                                       "(preallocated; on a GPU, generate compiles the decoding step, which "
-                                      "takes a while once per shape); the same tokens either way",
+                                      "takes a while once per shape); greedy tokens are the same either way, "
+                                      "sampled ones differ but follow the same distribution",
                            choices=["dynamic", "static"])
 
     def __post_init__(self):
@@ -325,10 +326,11 @@ def response_logprobs(model, rollouts: list[Rollout], pad_id: int, temperature: 
     The context all the rollouts share (a group's prompt) goes through the model once and its KV
     cache is copied to every row, as in sampling: for 8 rollouts of a 200-token prompt with 60-token
     responses, 687 token positions instead of 2,080. Gradients flow through the shared part as
-    through each copy. Not under gradient checkpointing, which switches the KV cache off in training.
+    through each copy. Not under gradient checkpointing, which switches the KV cache off in training,
+    nor for a sliding-window model, whose window would count the padding between the two parts.
     """
-    checkpointing = model.training and run.checkpointing_on(model)
-    shared = shared_context(rollouts) if len(rollouts) > 1 and not checkpointing else 0
+    unshareable = (model.training and run.checkpointing_on(model)) or uses_sliding_window(model)
+    shared = shared_context(rollouts) if len(rollouts) > 1 and not unshareable else 0
     cache = {}  # the KV cache argument of the forward: none, or the shared context's
     if shared:
         cache = {cache_argument(model): DynamicCache(config=model.config)}
@@ -439,14 +441,14 @@ def evaluate(model, tokenizer, examples, cfg, rank, world, device, batch=64) -> 
     torch.manual_seed(rank)  # sampled evaluations draw the same random numbers at every step of every run
     shard = examples[rank::world]
     correct = 0.0
-    for i in range(0, len(shard), batch):
-        chunk = shard[i:i + batch]
-        with run.lora_folded(model, cfg.lora_fold):
+    with run.lora_folded(model, cfg.lora_fold):
+        for i in range(0, len(shard), batch):
+            chunk = shard[i:i + batch]
             chains = sample(model, tokenizer, [ex["prompt_ids"] for ex in chunk], 1, cfg.max_new_tokens,
                             temperature=cfg.eval_temperature or 1.0, top_p=cfg.top_p, greedy=not cfg.eval_temperature,
                             max_thought_tokens=cfg.max_thought_tokens, max_thoughts=cfg.max_thoughts,
                             cache=cfg.kv_cache)
-        correct += sum(rewards(chunk, [localize.decode(tokenizer, chain.ids) for (chain,) in chains]))
+            correct += sum(rewards(chunk, [localize.decode(tokenizer, chain.ids) for (chain,) in chains]))
     model.train(was_training)
     correct, count = run.all_sum([correct, len(shard)], device)
     return correct / max(count, 1)

@@ -188,6 +188,8 @@ def lora_folded(model, fold: bool = True):
     try:
         with torch.no_grad():
             for layer in (lora_layers(model).values() if fold else ()):
+                if layer._disable_adapters:  # adapters off, or already folded by an enclosing call
+                    continue
                 base = layer.base_layer
                 saved.append((layer, base.weight, layer._disable_adapters))
                 folded = base.weight.float() + layer.get_delta_weight("default").float()

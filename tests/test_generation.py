@@ -242,3 +242,22 @@ def test_extra_rows_stop_at_their_first_token():
     stop = generation.ExtraRowsStop([EveryOther()], rows=3)
     assert stop(torch.zeros(5, 2, dtype=torch.long), torch.zeros(5, 7)).tolist() == [True, False, True, True, True]
     assert generation.ExtraRowsStop([], rows=2)(torch.zeros(4, 1), None).tolist() == [False, False, True, True]
+
+
+def test_static_cache_on_a_sliding_window_model_equals_plain_generate(thought_tokenizer):
+    """A sliding-window layer's dynamic cache keeps only the window: prompts longer than it must
+    not have their prefix copied into a static cache (it would count the wrong length)."""
+    tokenizer = thought_tokenizer
+    model = make_model(tokenizer, seed=4, initializer_range=1.0, use_sliding_window=True, sliding_window=6,
+                       max_window_layers=0)
+    assert generation.uses_sliding_window(model)
+    prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS[:3]]
+    assert max(map(len, prompts)) > 6
+    ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, model.device)
+    plain = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    for cache in ("dynamic", "static"):
+        chains = generation.sample(model, tokenizer, prompts, 2, 12, greedy=True, cache=cache)
+        for group, tokens in zip(chains, plain[:, ids.shape[1]:].tolist()):
+            end = next((t + 1 for t, token in enumerate(tokens) if token == tokenizer.eos_token_id), 12)
+            assert [chain.ids for chain in group] == [tokens[:end]] * 2, cache

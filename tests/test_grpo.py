@@ -124,6 +124,20 @@ def test_shared_context_is_computed_once_with_the_same_logprobs_and_gradients(ch
         model.eval()
 
 
+def test_a_sliding_window_model_computes_each_context_whole(tiny_tokenizer):
+    """Padding between a shared context and the rest would take places in a sliding window: such a
+    model's log-probs are computed without sharing, and equal each rollout's alone."""
+    model = make_model(tiny_tokenizer, seed=5, initializer_range=1.0, use_sliding_window=True, sliding_window=6,
+                       max_window_layers=0)
+    prompt = list(range(5, 17))
+    rollouts = [grpo.Rollout(prompt, [20, 21], 1.0, 0), grpo.Rollout(prompt, [22, 23, 24, 25, 26, 27], 0.0, 0),
+                grpo.Rollout(prompt, [28], 1.0, 0)]
+    logprobs, mask = grpo.response_logprobs(model, rollouts, pad_id=0, temperature=1.0)
+    for row, r in enumerate(rollouts):
+        alone, alone_mask = grpo.response_logprobs(model, [r], pad_id=0, temperature=1.0)
+        assert logprobs[row][mask[row]].tolist() == pytest.approx(alone[0][alone_mask[0]].tolist(), rel=1e-5)
+
+
 def test_group_advantages_by_hand():
     rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0])
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])

@@ -134,6 +134,8 @@ def test_folded_sampling_equals_sampling_through_the_adapters(sharp_model_dir, t
     with run.lora_folded(model):
         assert all(layer.disable_adapters for layer in layers.values())
         folded = logits_of(model, ids)
+        with run.lora_folded(model):  # nested: nothing is folded twice
+            assert torch.equal(logits_of(model, ids), folded)
         folded_chains = generation.sample(model, tiny_tokenizer, prompts, 2, 16, greedy=True)
     with run.lora_folded(model, fold=False):
         assert torch.equal(logits_of(model, ids), adapted)
