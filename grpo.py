@@ -363,6 +363,20 @@ def prompt_slices(rollouts: list[Rollout], n_slices: int) -> list[list[int]]:
     return [[i for i, r in enumerate(rollouts) if r.prompt_index in part] for part in chosen]
 
 
+def micro_batches_by_prompt(indices: list[int], rollouts: list[Rollout], size: int) -> list[list[int]]:
+    """`indices` cut into micro-batches of `size`, ordered by prompt first: a prompt's rollouts
+    (its fresh solutions and, after a reset, its suffixes, which come later in the buffer) fill
+    a micro-batch together, and `response_logprobs` computes their prompt once. The loss is a
+    sum over sequences, so the order changes nothing else.
+
+    >>> buffer = [Rollout([], [], 0.0, 0, prompt_index=p) for p in (0, 0, 1, 1, 0, 0, 1, 1)]
+    >>> micro_batches_by_prompt(list(range(8)), buffer, 4)
+    [[0, 1, 4, 5], [2, 3, 6, 7]]
+    """
+    ordered = sorted(indices, key=lambda i: rollouts[i].prompt_index)  # stable: buffer order within a prompt
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
 def train_on_rollouts(model, ref_model, optimizer, rollouts, advantages, cfg, pad_id, device):
     """The update(s) on one batch of rollouts and their advantages: `--mini-batches` optimizer
     steps, each on a slice of the prompts, repeated `--updates-per-batch` times. Returns (mean
@@ -381,7 +395,7 @@ def train_on_rollouts(model, ref_model, optimizer, rollouts, advantages, cfg, pa
     n_slices = cfg.mini_batches or min(4, cfg.prompts_per_step // world)  # the same on every process
     for members in prompt_slices(rollouts, n_slices):
         active = [i for i in members if (advantages[i] != 0 or cfg.beta > 0) and rollouts[i].response_ids]
-        micro_batches = [active[i:i + cfg.micro_batch] for i in range(0, len(active), cfg.micro_batch)]
+        micro_batches = micro_batches_by_prompt(active, rollouts, cfg.micro_batch)
         # The loss of a mini-batch is a mean over the sequences (or tokens) of all processes,
         # also the A = 0 ones we do not forward; gradients are averaged over processes below.
         n_active, n_sequences, n_tokens = run.all_sum(
