@@ -190,8 +190,8 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     would cost a third of the prefill on a 49k vocabulary, for logits nobody reads). With
     n = 1 there is nothing to share, and `generate` prefills by itself.
 
-    `cache="static"` samples the same tokens into a preallocated KV cache (`StaticCache`), which
-    `generate` compiles the decoding step for on a GPU (torch.compile, CUDA graphs). A compiled
+    `cache="static"` generates into a preallocated KV cache (`StaticCache`), for which `generate`
+    compiles the decoding step on a GPU (torch.compile, CUDA graphs). A compiled
     step serves one shape only, so the shapes are rounded up (`static_shape`) and the extra rows,
     copies of the last one, are stopped at their first token. Greedy tokens are the same with
     either cache; sampled ones follow the same distribution but differ, since the extra rows

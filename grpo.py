@@ -331,12 +331,13 @@ def response_logprobs(model, rollouts: list[Rollout], pad_id: int, temperature: 
     """
     unshareable = (model.training and run.checkpointing_on(model)) or uses_sliding_window(model)
     shared = shared_context(rollouts) if len(rollouts) > 1 and not unshareable else 0
-    cache = {}  # the KV cache argument of the forward: none, or the shared context's
+    cache = {}  # the forward's KV cache argument: none, or the shared context's
     if shared:
-        cache = {cache_argument(model): DynamicCache(config=model.config)}
+        kv = DynamicCache(config=model.config)
+        cache = {cache_argument(model): kv}
         model(input_ids=torch.tensor([rollouts[0].prompt_ids[:shared]], device=model.device), use_cache=True,
               logits_to_keep=1, **cache)
-        cache[cache_argument(model)].batch_repeat_interleave(len(rollouts))
+        kv.batch_repeat_interleave(len(rollouts))
     ids, mask = left_pad([r.prompt_ids[shared:] + r.response_ids for r in rollouts], pad_id, model.device)
     width = max(len(r.response_ids) for r in rollouts)
     logits = model(input_ids=ids, attention_mask=torch.cat([mask.new_ones(len(rollouts), shared), mask], 1),

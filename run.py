@@ -160,6 +160,12 @@ def lora_layers(model) -> dict:
     return {name: module for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
 
 
+def folded_weight(layer) -> torch.Tensor:
+    """A LoRA layer's weight with its adapter folded in, W + alpha/r B A, in W's dtype."""
+    weight = layer.base_layer.weight
+    return (weight.float() + layer.get_delta_weight("default").float()).to(weight.dtype)
+
+
 def merged_state_dict(model, layers: dict) -> dict:
     """The weights of a LoRA model with each adapter folded in, W + alpha/r B A, under the plain
     model's names: what `from_pretrained` of the base architecture expects."""
@@ -170,8 +176,7 @@ def merged_state_dict(model, layers: dict) -> dict:
         if ".base_layer." in key:
             layer, _, param = key.partition(".base_layer.")
             if param == "weight":
-                delta = layers[layer].get_delta_weight("default")
-                tensor = (tensor.float() + delta.float()).to(tensor.dtype)
+                tensor = folded_weight(layers[layer])
             key = f"{layer}.{param}"
         merged[key] = tensor
     return merged
@@ -184,21 +189,19 @@ def lora_folded(model, fold: bool = True):
     On leaving, the layers hold their own weights and adapters again: the same tensors, never
     added to or subtracted from, so the base weights stay bit-identical. Costs one more copy of
     the adapted weights while inside; without LoRA layers, or with fold=False, it does nothing."""
-    saved = []
+    saved = []  # (layer, its own weight) of each layer folded here
     try:
         with torch.no_grad():
             for layer in (lora_layers(model).values() if fold else ()):
                 if layer._disable_adapters:  # adapters off, or already folded by an enclosing call
                     continue
-                base = layer.base_layer
-                saved.append((layer, base.weight, layer._disable_adapters))
-                folded = base.weight.float() + layer.get_delta_weight("default").float()
-                base.weight = torch.nn.Parameter(folded.to(base.weight.dtype), requires_grad=False)
+                saved.append((layer, layer.base_layer.weight))
+                layer.base_layer.weight = torch.nn.Parameter(folded_weight(layer), requires_grad=False)
                 layer._disable_adapters = True
         yield
     finally:
-        for layer, weight, disabled in saved:
-            layer.base_layer.weight, layer._disable_adapters = weight, disabled
+        for layer, weight in saved:
+            layer.base_layer.weight, layer._disable_adapters = weight, False
 
 
 # ---------------------------------------------------------------------------------------------

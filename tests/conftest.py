@@ -14,7 +14,7 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # RESETS_TEST_DEVICE=cuda puts the tiny models on a GPU: for the generation-equivalence tests
-# (`-k "equals_plain or stopping or budgets or free_text"`); the training tests assume the CPU.
+# (gpu_check.sh's `-k` selection); the training tests assume the CPU.
 TEST_DEVICE = torch.device(os.environ.get("RESETS_TEST_DEVICE", "cpu"))
 
 CHAT_TEMPLATE = (
