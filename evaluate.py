@@ -313,8 +313,7 @@ def main(cfg: Config) -> dict:
             torch.cuda.empty_cache()
     if rank == 0:
         write_report(results, model_labels, settings, cfg)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    run.close_process_group()
     return results
 
 

@@ -457,16 +457,16 @@ def test_prompt_slices_keep_a_prompts_rollouts_together():
     assert [len(part) for part in grpo.prompt_slices(five, 4)] == [2, 1, 1, 1]  # balanced, none empty
 
 
-def update_on_two_processes(rank, loss_agg, path, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+def update_on_two_processes(rank, loss_agg, path):
+    # a file store: no port to collide with another run, no store server to outlive
+    torch.distributed.init_process_group("gloo", init_method=f"file://{path}.store", rank=rank, world_size=2)
     rollouts = prompts_rollouts(0, 2) if rank == 0 else prompts_rollouts(2, 1)  # unequal shares
     model = small_model()
     update(model, torch.optim.SGD(model.parameters(), lr=1.0), rollouts,
            grpo.Config(mini_batches=1, loss_agg=loss_agg, temperature=1.0))
     if rank == 0:
         torch.save(model.state_dict(), path)
-    torch.distributed.destroy_process_group()
+    run.close_process_group()
 
 
 @pytest.mark.parametrize("loss_agg", ["seq-mean", "token-mean"])
@@ -475,7 +475,7 @@ def test_two_processes_average_over_all_sequences_and_tokens(loss_agg, tmp_path)
     import torch.multiprocessing as mp
 
     path = tmp_path / "weights.pt"
-    mp.spawn(update_on_two_processes, args=(loss_agg, path, 29600 + (loss_agg == "token-mean")), nprocs=2)
+    mp.spawn(update_on_two_processes, args=(loss_agg, path), nprocs=2)
     model = small_model()
     update(model, torch.optim.SGD(model.parameters(), lr=1.0), prompts_rollouts(0, 3),
            grpo.Config(mini_batches=1, loss_agg=loss_agg, temperature=1.0))
