@@ -96,6 +96,17 @@ def test_response_logprobs_match_naive_computation(chaotic_model):
     assert mask.sum(-1).tolist() == [2, 4, 1]
 
 
+def each_alone_matches(model, rollouts, logprobs, mask, temperature):
+    """Asserts that each rollout's log-probs computed alone equal its row of the batch's; returns
+    the (log-probs, mask) of each alone."""
+    out = []
+    for row, r in enumerate(rollouts):
+        alone, alone_mask = grpo.response_logprobs(model, [r], pad_id=0, temperature=temperature)
+        assert logprobs[row][mask[row]].tolist() == pytest.approx(alone[0][alone_mask[0]].tolist(), rel=1e-5)
+        out.append((alone, alone_mask))
+    return out
+
+
 def test_shared_context_is_computed_once_with_the_same_logprobs_and_gradients(chaotic_model):
     """A group's prompt, and a reset's prompt + prefix beside it, go through the model once; the
     log-probs and the gradients equal those of each rollout alone (no shared part)."""
@@ -112,9 +123,7 @@ def test_shared_context_is_computed_once_with_the_same_logprobs_and_gradients(ch
         (logprobs * mask).sum().backward()
         shared_grads = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()
-        for row, r in enumerate(rollouts):
-            alone, alone_mask = grpo.response_logprobs(model, [r], pad_id=0, temperature=0.7)
-            assert logprobs[row][mask[row]].tolist() == pytest.approx(alone[0][alone_mask[0]].tolist(), rel=1e-5)
+        for alone, alone_mask in each_alone_matches(model, rollouts, logprobs, mask, temperature=0.7):
             (alone * alone_mask).sum().backward()
         for shared, separate in zip(shared_grads, (p.grad for p in model.parameters())):
             assert (shared - separate).norm() <= 1e-4 * separate.norm()  # float32 sums in another order
@@ -133,9 +142,7 @@ def test_a_sliding_window_model_computes_each_context_whole(tiny_tokenizer):
     rollouts = [grpo.Rollout(prompt, [20, 21], 1.0, 0), grpo.Rollout(prompt, [22, 23, 24, 25, 26, 27], 0.0, 0),
                 grpo.Rollout(prompt, [28], 1.0, 0)]
     logprobs, mask = grpo.response_logprobs(model, rollouts, pad_id=0, temperature=1.0)
-    for row, r in enumerate(rollouts):
-        alone, alone_mask = grpo.response_logprobs(model, [r], pad_id=0, temperature=1.0)
-        assert logprobs[row][mask[row]].tolist() == pytest.approx(alone[0][alone_mask[0]].tolist(), rel=1e-5)
+    each_alone_matches(model, rollouts, logprobs, mask, temperature=1.0)
 
 
 def test_group_advantages_by_hand():
