@@ -3,7 +3,10 @@
 For each repeat, the three methods run one full step (rollouts and update) on the same prompts, in
 a rotating order, from the same starting weights; the table reports the median time per phase and
 the tokens generated. RRPO and SRPO sample extra sequences that GRPO does not: the parent search,
-the localization pass (SRPO) and suffixes that start mid-solution.
+the localization pass (SRPO) and suffixes that start mid-solution. Their phases run one after the
+other, so the table also counts sequential decode steps: the sum, over the step's `generate` calls,
+of the longest response of each. Where decoding is bound by memory bandwidth rather than compute (a
+GPU at small batch), a call's time follows its decode steps, not its rows.
 
 With --trl, TRL's GRPOTrainer runs the same work (same model, prompts, group size, token budget,
 one optimizer step per batch, the same --beta) and its steps are timed the same way; its first step
@@ -79,7 +82,7 @@ def measure(cfg: BenchConfig) -> dict:
     # one row per method and cache: "grpo", or "grpo, static" when caches are compared
     runs = {name if len(caches) == 1 else f"{name}, {cache}": (name, cache) for cache in caches for name in methods}
     policies = {cache: grpo.Policy(model, tokenizer, dataclasses.replace(cfg, kv_cache=cache)) for cache in caches}
-    results = {row: {"rollout_s": [], "train_s": [], "tokens": []} for row in runs}
+    results = {row: {"rollout_s": [], "train_s": [], "tokens": [], "decode_steps": []} for row in runs}
     warmup = grpo.or_default(cfg.warmup_repeats, 1 if "static" in caches else 0)
     for repeat in range(-warmup, cfg.repeats):  # repeats below 0 are not timed
         batch = run.step_examples(examples, repeat + 1, cfg, 0, 1)
@@ -89,7 +92,7 @@ def measure(cfg: BenchConfig) -> dict:
             policy = policies[cache]
             model.load_state_dict(start_weights)
             torch.manual_seed(max(repeat, 0))
-            policy.tokens_generated = 0
+            policy.tokens_generated = policy.decode_steps = 0
             synchronize(device)
             begin = time.perf_counter()
             model.eval()
@@ -105,6 +108,7 @@ def measure(cfg: BenchConfig) -> dict:
             results[row]["rollout_s"].append(middle - begin)
             results[row]["train_s"].append(time.perf_counter() - middle)
             results[row]["tokens"].append(policy.tokens_generated)
+            results[row]["decode_steps"].append(policy.decode_steps)
     if cfg.trl:
         model.load_state_dict(start_weights)
         results["trl"] = trl_steps(cfg, model, tokenizer, examples, device)
@@ -226,9 +230,12 @@ if __name__ == "__main__":
     table = measure(cfg)
     base = next(r["rollout_s"] + r["train_s"] for r in table.values())
     print(f"\none step, {cfg.prompts_per_step} prompts x {cfg.group_size} scored rollouts, median of {cfg.repeats}:\n")
-    print(f"| method | rollout s | update s | step s | vs {list(table)[0]} | tokens generated | tokens/s of step |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| method | rollout s | update s | step s | vs {list(table)[0]} | tokens generated | tokens/s of step "
+          "| sequential decode steps |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in table.items():
         step = r["rollout_s"] + r["train_s"]
         phases = "- | -" if name == "trl" else f"{r['rollout_s']:.2f} | {r['train_s']:.2f}"  # TRL's are not split
-        print(f"| {name} | {phases} | {step:.2f} | {step / base:.2f}x | {r['tokens']:.0f} | {r['tokens'] / step:.0f} |")
+        steps = f"{r['decode_steps']:.0f}" if "decode_steps" in r else "-"
+        print(f"| {name} | {phases} | {step:.2f} | {step / base:.2f}x | {r['tokens']:.0f} | {r['tokens'] / step:.0f} "
+              f"| {steps} |")

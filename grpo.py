@@ -250,6 +250,7 @@ class Policy:
     def __init__(self, model, tokenizer, cfg: Config):
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.tokens_generated = 0
+        self.decode_steps = 0  # sequential: each generate call runs as many as its longest response
         self.untrained = []  # sequences sampled but never trained on (parents, localizations), for dumps
 
     def sample(self, prompts, n, max_new_tokens=None, max_thoughts=None, temperature=None, greedy=False,
@@ -264,6 +265,7 @@ class Policy:
                             cfg.max_thought_tokens if thoughts else None,
                             cfg.max_thoughts if max_thoughts is None else max_thoughts, cfg.kv_cache)
         self.tokens_generated += sum(len(chain.ids) for group in chains for chain in group)
+        self.decode_steps += max((len(chain.ids) for group in chains for chain in group), default=0)
         return chains
 
     def text(self, ids: list[int]) -> str:

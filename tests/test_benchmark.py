@@ -23,6 +23,7 @@ def test_step_benchmark_times_each_method_with_each_cache(tiny_model_dir, tmp_pa
     assert len(steps) == 4 * (1 + 2)  # a static cache brings one untimed step per row first
     for row in table.values():
         assert row["rollout_s"] > 0 and row["train_s"] > 0 and row["tokens"] > 0
+        assert 0 < row["decode_steps"] <= row["tokens"]  # the longest response of each call, not all of them
 
 
 def test_unknown_cache_is_refused(tiny_model_dir):

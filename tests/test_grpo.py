@@ -81,6 +81,22 @@ def test_sampling_keeps_eos_and_marks_truncation(chaotic_model, tiny_tokenizer):
         assert eos_at in ([], [len(response) - 1])  # nothing kept after the first eos
 
 
+def test_decode_steps_count_the_forward_passes_of_generate(chaotic_model, tiny_tokenizer):
+    # One forward pass per new token of the longest response, counted by a hook on the model;
+    # with n = 1 sample() makes no forward pass of its own (no prefix to share).
+    tiny_tokenizer.padding_side = "left"
+    policy = grpo.Policy(chaotic_model, tiny_tokenizer, grpo.Config(max_new_tokens=12, max_thought_tokens=5))
+    prompts = [tiny_tokenizer(t, add_special_tokens=False).input_ids for t in ("Natalia", "Start at 7.", "Add 5")]
+    forwards = []
+    hook = chaotic_model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        for budget in (12, 3):
+            policy.sample(prompts, 1, max_new_tokens=[budget] * 3, thoughts=False)
+    finally:
+        hook.remove()
+    assert policy.decode_steps == len(forwards) and 3 < policy.decode_steps <= 12 + 3
+
+
 def test_response_logprobs_match_naive_computation(chaotic_model):
     rollouts = [grpo.Rollout([5, 6, 7], [8, 9], 1.0, 0),
                 grpo.Rollout([5], [10, 11, 12, 13], 0.0, 0),
