@@ -20,7 +20,7 @@ thoughts count on from k, and prefix + suffix share one budget of --max-new-toke
 caused by decisions from step k on. The parent's steps are its thoughts, as recorded while it was
 generated. If no wrong solution turns up within --max-fresh attempts, the prompt keeps B/2 of its
 (right) fresh solutions and gets B/2 new ones in the same group, which may hold a failure: GRPO,
-as in the authors' code. A fresh solution with no thought at all (an empty output) is a wrong
+as in the authors' code (the new ones are sampled in the suffixes' batch). A fresh solution with no thought at all (an empty output) is a wrong
 member of group 1, never a parent. `--reset oracle` resets at the true first wrong step instead,
 for tasks with a step checker (the built-in toy task): the credit-assignment oracle of the
 paper's theory.
@@ -112,7 +112,8 @@ def oracle_resets(policy, examples, parent_steps, rng, diagnostics):
 
 def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
     """The rollout buffer of the diagram above, built for all prompts of a step together:
-    one batched phase for fresh solutions, one for choosing resets, one for suffixes."""
+    one batched phase for fresh solutions, one for choosing resets, one for suffixes (and for the
+    new fresh solutions of prompts with no parent)."""
     cfg, half = policy.cfg, policy.cfg.group_size // 2
     fresh = sample_fresh(policy, examples)
     diagnostics = new_diagnostics(fresh, "step_checker" in examples[0])
@@ -127,37 +128,40 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
         if parent is not None:
             parents[i] = parent
             policy.remember("parent", i, parent.response_ids, parent.finish, parent.n_thoughts, parent.reward)
-    # No parent: keep B/2 of the (right) fresh solutions and sample B/2 more into the same group,
-    # so that it can still hold a failure and carry signal.
-    unfailed = [i for i in range(len(examples)) if i not in parents]
-    if unfailed:
-        for i, extra in zip(unfailed, grpo.sample_rollouts(policy, [examples[i] for i in unfailed], half, unfailed)):
-            rollouts += [dataclasses.replace(r, group=fresh_group(i)) for r in extra]
-    if not parents:
-        return rollouts, diagnostics
-
     reset_examples = [{**examples[i], "prompt_index": i} for i in parents]
-    parent_steps, parent_ends = zip(*(steps_of(policy, parent) for parent in parents.values()))
-    reset_steps = choose_resets(policy, reset_examples, parent_steps, rng, diagnostics)
-    # The suffix continues the parent's chain: steps 1..k-1 (its exact ids) are context, and
-    # prefix + suffix share one budget of tokens and of thoughts. The thoughts the prefix used
-    # are k - 1, or, when the steps are paragraphs (no delimiter), the recorded thoughts it covers.
-    prefixes = [parent.response_ids[:ends[k - 2]] if k > 1 else []
-                for parent, ends, k in zip(parents.values(), parent_ends, reset_steps)]
-    used = [bisect.bisect_right(parent.thought_ends, len(prefix)) for parent, prefix in zip(parents.values(), prefixes)]
-    suffixes = policy.sample([ex["prompt_ids"] + prefix for ex, prefix in zip(reset_examples, prefixes)], half,
-                             max_new_tokens=[cfg.max_new_tokens - len(prefix) for prefix in prefixes],
-                             max_thoughts=[cfg.max_thoughts - n for n in used])
+    parent_steps, prefixes, used, reset_steps = [], [], [], []
+    if parents:
+        parent_steps, parent_ends = zip(*(steps_of(policy, parent) for parent in parents.values()))
+        reset_steps = choose_resets(policy, reset_examples, parent_steps, rng, diagnostics)
+        # The suffix continues the parent's chain: steps 1..k-1 (its exact ids) are context, and
+        # prefix + suffix share one budget of tokens and of thoughts. The thoughts the prefix used
+        # are k - 1, or, when the steps are paragraphs (no delimiter), the recorded thoughts it covers.
+        prefixes = [parent.response_ids[:ends[k - 2]] if k > 1 else []
+                    for parent, ends, k in zip(parents.values(), parent_ends, reset_steps)]
+        used = [bisect.bisect_right(parent.thought_ends, len(prefix))
+                for parent, prefix in zip(parents.values(), prefixes)]
+    # No parent: keep B/2 of the (right) fresh solutions and sample B/2 more into the same group,
+    # so that it can still hold a failure and carry signal. They start from the bare prompt with the
+    # whole budget, in the suffixes' generate call: one sequential phase less.
+    unfailed = [i for i in range(len(examples)) if i not in parents]
+    starts = reset_examples + [examples[i] for i in unfailed]
+    prefixes, used = prefixes + [[]] * len(unfailed), used + [0] * len(unfailed)
+    chains = policy.sample([ex["prompt_ids"] + prefix for ex, prefix in zip(starts, prefixes)], half,
+                           max_new_tokens=[cfg.max_new_tokens - len(prefix) for prefix in prefixes],
+                           max_thoughts=[cfg.max_thoughts - n for n in used])
     # Each suffix is judged as a whole solution: the parent's prefix followed by the suffix.
-    scores = iter(policy.score([ex for ex in reset_examples for _ in range(half)],
-                               [prefix + chain.ids for prefix, group in zip(prefixes, suffixes) for chain in group]))
-    for i, example, prefix, group, steps, k, n in zip(parents, reset_examples, prefixes, suffixes, parent_steps,
+    scores = iter(policy.score([ex for ex in starts for _ in range(half)],
+                               [prefix + chain.ids for prefix, group in zip(prefixes, chains) for chain in group]))
+    for i, example, prefix, group, steps, k, n in zip(parents, reset_examples, prefixes, chains, parent_steps,
                                                       reset_steps, used):
         group_rollouts = [grpo.Rollout(example["prompt_ids"] + prefix, chain.ids, next(scores), suffix_group(i),
                                        chain.finish, i, chain.thought_ends, len(prefix), k, n)
                           for chain in group]
         rollouts += group_rollouts
         record_reset(diagnostics, example, steps, k, [r.reward for r in group_rollouts])
+    for i, group in zip(unfailed, chains[len(parents):]):
+        rollouts += [grpo.Rollout(examples[i]["prompt_ids"], chain.ids, next(scores), fresh_group(i), chain.finish, i,
+                                  chain.thought_ends) for chain in group]
     return rollouts, diagnostics
 
 

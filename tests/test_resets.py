@@ -20,8 +20,9 @@ WRONG = "2 + 3 = 6</thought>6 is odd</thought>So 6</thought>\\boxed{6}</thought>
 
 class ScriptedPolicy(grpo.Policy):
     """grpo.Policy with `sample` replaced by a script: script(prompt_text, n, kind) -> n texts, where
-    kind is fresh, suffix or localization. Records every call, so the tests can check what was
-    asked, in how many batched calls."""
+    kind is fresh, suffix or localization: a call with budgets per prompt is a suffix call, which
+    also samples the new fresh solutions of prompts with no parent. Records every call, so the
+    tests can check what was asked, in how many batched calls."""
 
     def __init__(self, tokenizer, cfg, script):
         self.model, self.tokenizer, self.cfg, self.script = None, tokenizer, cfg, script
@@ -130,11 +131,14 @@ def test_advantages_are_normalised_within_each_group(tiny_tokenizer, cfg):
 
 def test_no_failure_keeps_half_the_fresh_solutions_and_samples_half_anew(tiny_tokenizer, cfg):
     right = [RIGHT.replace("Check", f"Check {j}") for j in range(12)]  # right, and told apart
-    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(right + [WRONG, RIGHT, RIGHT, RIGHT], []))
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes(list(right), [WRONG, RIGHT, RIGHT, RIGHT]))
     rollouts, diagnostics = rrpo.reset_rollouts(policy, make_examples(tiny_tokenizer), random.Random(0))
     assert len(rollouts) == 8 and {r.group for r in rollouts} == {0}
     assert diagnostics["reset_frac"] == [0.0] and diagnostics["fresh_attempts_mean"] == [12]
     assert [c["n"] for c in policy.calls] == [5, 7, 4]  # a second round only for the unfailed prompt
+    assert policy.calls[-1]["max_new_tokens"] == [cfg.max_new_tokens]  # the whole budget, from the bare prompt
+    assert policy.calls[-1]["max_thoughts"] == [cfg.max_thoughts]
+    assert all(r.prompt_ids == make_examples(tiny_tokenizer)[0]["prompt_ids"] and r.kind == "fresh" for r in rollouts)
     assert [policy.text(r.response_ids) for r in rollouts] == right[:4] + [WRONG, RIGHT, RIGHT, RIGHT]
     # so the group can hold a failure and train
     advantages = grpo.group_advantages(torch.tensor([r.reward for r in rollouts]), torch.tensor([0] * 8))
@@ -158,6 +162,36 @@ def test_phases_are_batched_over_prompts(tiny_tokenizer, cfg):
     assert [len(c["prompts"]) for c in policy.calls] == [3, 3, 3]
     assert [c["n"] for c in policy.calls] == [5, 1, 4]
     assert len(rollouts) == 3 * 8
+
+
+def test_prompts_with_no_parent_sample_anew_in_the_suffixes_call(tiny_tokenizer, cfg):
+    examples = make_examples(tiny_tokenizer, n=2)  # copy 0 fails at once; copy 1 never fails
+
+    def script(prompt, n, kind):
+        if kind == "localization":
+            return ["\\boxed{2}"]
+        if "copy 0" in prompt:
+            return ["\\boxed{5}</thought>"] * n if kind == "suffix" else [WRONG] + [RIGHT] * (n - 1)
+        return [WRONG] + [RIGHT] * (n - 1) if kind == "suffix" else [RIGHT] * n
+
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, script)
+    rollouts, _ = rrpo.reset_rollouts(policy, examples, random.Random(0), srpo.self_resets)
+    # fresh for both, more fresh for copy 1, localization of copy 0's parent, then one call for
+    # copy 0's suffixes and copy 1's new fresh solutions
+    assert [(len(c["prompts"]), c["n"], c["kind"]) for c in policy.calls] == [
+        (2, 5, "fresh"), (1, 7, "fresh"), (1, 1, "localization"), (2, 4, "suffix")]
+    parent_ids = tiny_tokenizer(WRONG, add_special_tokens=False).input_ids + [tiny_tokenizer.eos_token_id]
+    prefix = parent_ids[:localize.step_token_ends(tiny_tokenizer, parent_ids)[0]]  # step 1 of the parent
+    last = policy.calls[-1]
+    assert last["prompts"] == [examples[0]["prompt_ids"] + prefix, examples[1]["prompt_ids"]]
+    assert last["max_new_tokens"] == [cfg.max_new_tokens - len(prefix), cfg.max_new_tokens]
+    assert last["max_thoughts"] == [cfg.max_thoughts - 1, cfg.max_thoughts]
+    by_group = {g: [r for r in rollouts if r.group == g] for g in (0, 1, 2)}
+    assert [len(rs) for rs in by_group.values()] == [4, 4, 8] and len(rollouts) == 16
+    assert all(r.kind == "suffix" and r.prompt_ids == examples[0]["prompt_ids"] + prefix for r in by_group[1])
+    assert [r.reward for r in by_group[1]] == [1.0] * 4
+    assert all(r.kind == "fresh" and r.prompt_ids == examples[1]["prompt_ids"] for r in by_group[2])
+    assert [r.reward for r in by_group[2]] == [1.0] * 4 + [0.0, 1.0, 1.0, 1.0]  # 4 kept, then 4 new
 
 
 def test_self_localization_prompt_temperature_and_parse(tiny_tokenizer, cfg):
