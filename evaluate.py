@@ -78,9 +78,9 @@ class Config:
     out: str = option("runs/eval", "output folder")
     seed: int = option(0, "seeds the sampling of --samples")
     dtype: str = option("float32", "weights: float32 or bfloat16", choices=["float32", "bfloat16"])
-    kv_cache: str = option("dynamic", "KV cache: dynamic, or static (compiled on a GPU); the same greedy "
-                                      "tokens, sampled ones from the same distribution",
-                           choices=["dynamic", "static"])
+    kv_cache: str = option("dynamic", "KV cache: dynamic, static (compiled on a GPU) or paged (continuous "
+                                      "batching); the same greedy tokens, sampled ones from the same distribution",
+                           choices=["dynamic", "static", "paged"])
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -6,12 +6,15 @@ tokens, and the next one continues; a response ends after the thought that conta
 at end of sequence, after `max_thoughts` thoughts, or before a thought that could not fit whole
 in its budget of new tokens. The authors call the model once per thought and re-prefill from a
 prefix cache; here a `StoppingCriteria` (`ThoughtStopper`) ends each row of one `generate` call
-when its chain ends, keeping one KV cache per response: the same tokens.
+when its chain ends, keeping one KV cache per response: the same tokens. With
+`cache="paged"`, transformers' continuous batching runs the rows instead, and the same stopper
+cancels each row when its chain ends.
 
     chains = sample(model, tokenizer, prompt_ids, n=8, max_new_tokens=4096, temperature=0.7,
                     top_p=0.95, max_thought_tokens=256, max_thoughts=20)
     chains[i][j].ids, chains[i][j].thought_ends, chains[i][j].finish   # response j of prompt i
 """
+import copy
 import functools
 import inspect
 from dataclasses import dataclass
@@ -106,25 +109,30 @@ class ThoughtStopper(StoppingCriteria):
         # Called once per new token: only the last column is new (copying all of input_ids each
         # time would cost O(length^2)).
         for row, token in enumerate(input_ids[:, -1].tolist()):
-            if self.finish[row] is not None:
-                continue
-            ids, ends = self.generated[row], self.thought_ends[row]
-            ids.append(token)
-            t, thought_start = len(ids), ends[-1] if ends else 0
-            if token in self.stop_ids:
-                # eos closes the current thought; after a thought with no text it joins the last
-                # one, and a chain that is only eos has no thought at all
-                if self.text(ids[thought_start:t]).strip():
-                    ends.append(t)
-                elif ends:
-                    thought_start, ends[-1] = ends[-2] if len(ends) > 1 else 0, t
-                answered = bool(ends) and "\\boxed{" in self.text(ids[thought_start:t])
-                self.finish[row] = "answer" if answered else "eos"
-            elif token in self.may_close and self.completes_delimiter(ids[thought_start:t]):
-                self.end_thought(row, thought_start, t)
-            elif t - thought_start == self.max_thought_tokens:
-                self.end_thought(row, thought_start, t)
+            self.add(row, token)
         return torch.tensor([f is not None for f in self.finish], device=input_ids.device)
+
+    def add(self, row: int, token: int) -> bool:
+        """Take the next token of a row, unless its chain has ended; has it ended now?"""
+        if self.finish[row] is not None:
+            return True
+        ids, ends = self.generated[row], self.thought_ends[row]
+        ids.append(token)
+        t, thought_start = len(ids), ends[-1] if ends else 0
+        if token in self.stop_ids:
+            # eos closes the current thought; after a thought with no text it joins the last
+            # one, and a chain that is only eos has no thought at all
+            if self.text(ids[thought_start:t]).strip():
+                ends.append(t)
+            elif ends:
+                thought_start, ends[-1] = ends[-2] if len(ends) > 1 else 0, t
+            answered = bool(ends) and "\\boxed{" in self.text(ids[thought_start:t])
+            self.finish[row] = "answer" if answered else "eos"
+        elif token in self.may_close and self.completes_delimiter(ids[thought_start:t]):
+            self.end_thought(row, thought_start, t)
+        elif t - thought_start == self.max_thought_tokens:
+            self.end_thought(row, thought_start, t)
+        return self.finish[row] is not None
 
     def completes_delimiter(self, thought: list[int]) -> bool:
         """Does the last token complete the delimiter? The delimiter's characters span at most
@@ -196,6 +204,9 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     copies of the last one, are stopped at their first token. Greedy tokens are the same with
     either cache; sampled ones follow the same distribution but differ, since the extra rows
     draw random numbers too.
+
+    `cache="paged"` hands the rows to transformers' continuous batching instead
+    (`generate_continuously`): the same greedy tokens, sampled ones from the same distribution.
     """
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     thoughts = max_thoughts if isinstance(max_thoughts, list) else [max_thoughts] * len(prompts)
@@ -205,12 +216,42 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     live = [i for i in range(len(prompts)) if budgets[i] >= smallest and thoughts[i] >= 1]
     if not live:
         return out
-    ids, mask = left_pad([prompts[i] for i in live], tokenizer.pad_token_id, model.device)  # (prompts, seq)
-    forward_args = inspect.signature(model.forward).parameters
-    cache_arg = cache_argument(model)
-    longest = max(budgets[i] for i in live)
     rows = [i for i in live for _ in range(n)]  # the prompt of each generated row
-    n_rows, cache_len = static_shape(len(rows), ids.shape[1] + longest) if cache == "static" else (len(rows), 0)
+    stop = eos_ids(model, tokenizer)
+    stopper = None
+    if max_thought_tokens:
+        stopper = ThoughtStopper(tokenizer, [budgets[i] for i in rows], [thoughts[i] for i in rows],
+                                 max_thought_tokens, stop)
+    # Every sampling knob is set explicitly: a model's own generation_config (for example
+    # top_k=20, repetition_penalty=1.05) would otherwise change the distribution we train on.
+    gen_config = GenerationConfig(
+        do_sample=not greedy, temperature=temperature if not greedy else None,
+        top_p=top_p if not greedy else None, top_k=0 if not greedy else None, repetition_penalty=1.0,
+        max_new_tokens=max(budgets[i] for i in live), pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
+    if cache == "paged":
+        tokens = generate_continuously(model, [prompts[i] for i in live], n, [budgets[i] for i in live], gen_config,
+                                       stopper)
+    else:
+        tokens = generate_padded(model, tokenizer, [prompts[i] for i in live], n, gen_config, stopper, cache)
+    if stopper:  # it kept each row's tokens up to where its chain ended
+        for row, i in enumerate(rows):
+            out[i][row % n] = Chain(stopper.generated[row], stopper.thought_ends[row], stopper.finish[row])
+        return out
+    for row, (i, row_tokens) in enumerate(zip(rows, tokens)):
+        end = next((t + 1 for t, token in enumerate(row_tokens[:budgets[i]]) if token in stop), None)
+        kept = row_tokens[:end or budgets[i]]
+        out[i][row % n] = Chain(kept, [len(kept)], "budget" if end is None else "eos")
+    return out
+
+
+def generate_padded(model, tokenizer, prompts: list[list[int]], n: int, gen_config: GenerationConfig,
+                    stopper: ThoughtStopper | None, cache: str) -> list[list[int]]:
+    """One left-padded `generate` call for n rows per prompt, each prompt prefilled once (see
+    `sample`); the new tokens of each row, up to where the whole batch stopped."""
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id, model.device)  # (prompts, seq)
+    cache_arg = cache_argument(model)
+    rows = len(prompts) * n
+    n_rows, cache_len = static_shape(rows, ids.shape[1] + gen_config.max_new_tokens) if cache == "static" else (rows, 0)
 
     def widen(t: torch.Tensor) -> torch.Tensor:  # (prompts, ...) -> (n_rows, ...): n copies of each, then extras
         t = t.repeat_interleave(n, 0)
@@ -221,7 +262,7 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     # take over: there, generate prefills every row itself)
     if n > 1 and ids.shape[1] > 1 and not (kv is not None and uses_sliding_window(model)):
         shared = DynamicCache(config=model.config)
-        keep = {"logits_to_keep": 1} if "logits_to_keep" in forward_args else {}
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions(mask[:, :-1]),
               use_cache=True, **{cache_arg: shared}, **keep)
         if kv is None:
@@ -230,29 +271,68 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
         else:  # copied into the static cache's preallocated tensors
             for layer, prefix in zip(kv.layers, shared.layers):
                 layer.update(widen(prefix.keys), widen(prefix.values))
-    stop = eos_ids(model, tokenizer)
-    stopper = None
-    if max_thought_tokens:
-        stopper = ThoughtStopper(tokenizer, [budgets[i] for i in rows], [thoughts[i] for i in rows],
-                                 max_thought_tokens, stop)
     criteria = [stopper] if stopper else []
-    if n_rows > len(rows):
-        criteria = [ExtraRowsStop(criteria, len(rows))]
-    # Every sampling knob is set explicitly: a model's own generation_config (for example
-    # top_k=20, repetition_penalty=1.05) would otherwise change the distribution we train on.
-    gen_config = GenerationConfig(
-        do_sample=not greedy, temperature=temperature if not greedy else None,
-        top_p=top_p if not greedy else None, top_k=0 if not greedy else None, repetition_penalty=1.0,
-        max_new_tokens=longest, pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(stop))
+    if n_rows > rows:
+        criteria = [ExtraRowsStop(criteria, rows)]
     generated = model.generate(input_ids=widen(ids), attention_mask=widen(mask), **{cache_arg: kv},
                                generation_config=gen_config, stopping_criteria=StoppingCriteriaList(criteria))
-    if stopper:  # it kept each row's tokens up to where its chain ended
-        for row, i in enumerate(rows):
-            out[i][row % n] = Chain(stopper.generated[row], stopper.thought_ends[row], stopper.finish[row])
-        return out
-    for row, (i, tokens) in enumerate(zip(rows, generated[:len(rows), ids.shape[1]:].tolist())):  # (prompts * n, new)
-        end = next((t + 1 for t, token in enumerate(tokens[:budgets[i]]) if token in stop), None)
-        kept = tokens[:end or budgets[i]]
-        out[i][row % n] = Chain(kept, [len(kept)], "budget" if end is None else "eos")
-    return out
+    return generated[:rows, ids.shape[1]:].tolist()
 
+
+def generate_continuously(model, prompts: list[list[int]], n: int, budgets: list[int], gen_config: GenerationConfig,
+                          stopper: ThoughtStopper | None) -> list[list[int]]:
+    """transformers' continuous batching, with a paged KV cache: each row is a request of its own
+    that joins the running batch when there is room and leaves it as soon as it is done, so a short
+    row frees its place for a waiting one. Each prompt is prefilled once and forked into its n rows
+    (row j * n + c is sample c of prompt j). The tokens of each row stream to `stopper`, and a row is
+    cancelled as soon as its chain ends (tokens generated after that, before the cancellation lands,
+    are dropped). Returns the tokens of each row."""
+    from transformers import ContinuousBatchingConfig
+
+    # (transformers 5.24 fails to fork a one-token prompt: then every row is a request of its own)
+    fork = n > 1 and min(map(len, prompts)) > 1
+    config = copy.deepcopy(gen_config)
+    config.num_return_sequences = n if fork else 1
+    page = 256
+    # The cache holds what the rows can need (the default sizes it to most of the free memory,
+    # which on a CPU takes seconds to allocate). Sampling draws from the manager's own generator,
+    # seeded from torch's; a cancelled row may still take a draw or not, depending on timing.
+    pages = sum(n * -(-(len(prompt) + budget) // page) for prompt, budget in zip(prompts, budgets))
+    settings = ContinuousBatchingConfig(page_size=page, num_blocks=pages + len(prompts),
+                                        seed=int(torch.randint(0, 2**31 - 1, ()).item()))
+    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=settings)
+    tokens = [[] for _ in range(len(prompts) * n)]
+    try:
+        request_row = {}
+        for j, (prompt, budget) in enumerate(zip(prompts, budgets)):
+            for c in range(1 if fork else n):
+                request = manager.add_request(prompt, request_id=f"prompt-{j}-{c}", max_new_tokens=budget,
+                                              streaming=True)
+                request_row[request] = j * n + c
+            if fork:  # the n - 1 other rows of the prompt, forked from it after its prefill
+                request_row.update({f"{request}__child#{c}": j * n + 1 + c for c in range(n - 1)})
+        manager.start()  # after every request is queued: the first batches do not depend on timing
+        pending = set(request_row.values())
+        while pending:
+            result = manager.get_result(timeout=1)
+            if result is None:
+                if not manager.is_running():
+                    raise RuntimeError("continuous batching stopped before every row was generated; "
+                                       "--kv-cache dynamic does not use it")
+                continue
+            row = request_row[result.request_id]
+            if row not in pending:
+                continue  # a cancelled row's late tokens
+            if result.error:
+                raise RuntimeError(f"continuous batching failed on a row: {result.error}")
+            for token in result.generated_tokens[len(tokens[row]):]:
+                tokens[row].append(token)
+                if stopper and stopper.add(row, token):
+                    manager.cancel_request(result.request_id)
+                    pending.discard(row)
+                    break
+            if result.is_finished():
+                pending.discard(row)
+    finally:
+        manager.stop(block=True)
+    return tokens

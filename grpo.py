@@ -137,11 +137,13 @@ class Config:
     grad_checkpointing: bool | None = option(None, "recompute activations in the backward pass to save "
                                                    "memory; default: on for models over 1B parameters")
     micro_batch: int = option(8, "sequences per training forward; bounds the memory", at_least=1)
-    kv_cache: str = option("dynamic", "KV cache of sampling: dynamic (grows as tokens come), or static "
+    kv_cache: str = option("dynamic", "KV cache of sampling: dynamic (grows as tokens come), static "
                                       "(preallocated; on a GPU, generate compiles the decoding step, which "
-                                      "takes a while once per shape); greedy tokens are the same either way, "
+                                      "takes a while once per shape), or paged (transformers' continuous "
+                                      "batching: rows leave and join the batch one by one; its sampled tokens "
+                                      "are not reproducible run to run); greedy tokens are the same every way, "
                                       "sampled ones differ but follow the same distribution",
-                           choices=["dynamic", "static"])
+                           choices=["dynamic", "static", "paged"])
 
     def __post_init__(self):
         # The toy model is tiny and its solutions short; a pretrained model follows the paper

@@ -27,6 +27,6 @@ def test_step_benchmark_times_each_method_with_each_cache(tiny_model_dir, tmp_pa
 
 
 def test_unknown_cache_is_refused(tiny_model_dir):
-    cfg = run.parse_config(benchmark.BenchConfig, argv=["--model", str(tiny_model_dir), "--caches", "paged"])
+    cfg = run.parse_config(benchmark.BenchConfig, argv=["--model", str(tiny_model_dir), "--caches", "vllm"])
     with pytest.raises(SystemExit, match="--caches: unknown"):
         benchmark.measure(cfg)

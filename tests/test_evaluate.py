@@ -141,7 +141,7 @@ def write_problems(path: Path, golds: list[str]) -> Path:
 GOLDS = ["7", "8", "7", "9", "7", "8", "10"]  # \boxed{7}: 3 of 7 right; \boxed{8}: 2 of 7
 
 
-@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static", "paged"])
 def test_greedy_pass_at_1_is_the_hand_count_and_training_evaluations(models, tiny_tokenizer, tmp_path, kv_cache):
     problems = write_problems(tmp_path / "sums.jsonl", GOLDS)
     results = evaluate_cli("--model", f"{models['seven']},{models['eight']}", "--benchmarks", problems,

@@ -151,7 +151,7 @@ PROMPTS = ["Start at 7.</thought> Add 5", "Natalia", "Solve the problem one step
            "Find the step where", "The answer is", "12 * 3 = 36.", "clips in May"]
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
 @pytest.mark.parametrize("n", [1, 2])
 @pytest.mark.parametrize("max_thought_tokens,max_thoughts,budget", [(12, 20, 80), (6, 3, 60), (10, 20, 24)])
 def test_generation_with_stopping_equals_plain_generate_cut_by_the_rule(
@@ -194,7 +194,7 @@ def test_generation_with_stopping_on_smollm2(smollm2_model, smollm2_tokenizer):
             tokenizer, tokens, budget, max_thought_tokens, 3, stop)
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
 def test_per_prompt_budgets_and_thought_limits(thought_model, thought_tokenizer, cache):
     prompts = [thought_tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS[:3]]
     budgets, thoughts = [40, 5, 30], [2, 4, 0]  # the second cannot fit a thought, the third has none left
@@ -205,7 +205,7 @@ def test_per_prompt_budgets_and_thought_limits(thought_model, thought_tokenizer,
     assert [(c.ids, c.finish) for c in chains[2]] == [([], "max_thoughts")] * 2
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
 def test_free_text_sampling_ends_at_eos_or_the_cap(thought_model, thought_tokenizer, cache):
     """Without thought limits (a localization reply) a response is one piece of free text."""
     prompts = [thought_tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
@@ -233,6 +233,36 @@ def test_free_text_with_a_static_cache_equals_plain_generate(thought_model, thou
         assert [chain.ids for chain in group] == [tokens[:end]] * 3
 
 
+@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
+def test_sampling_follows_temperature_and_top_p(thought_tokenizer, cache):
+    """A model whose next-token distribution is fixed (the lm head is a bias only): the sampled
+    tokens' frequencies against the distribution computed by hand from the temperature and top-p."""
+    tokenizer, temperature, top_p = thought_tokenizer, 0.7, 0.9
+    model = make_model(tokenizer, seed=5)
+    chosen, base = [40, 41, 42, 43], torch.tensor([0.5, 0.25, 0.15, 0.1])
+    head = torch.nn.Linear(model.config.hidden_size, len(tokenizer), bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-1e4)  # eos included: every row runs to its budget
+        head.bias[chosen] = base.log()
+    model.lm_head = head.to(model.device)
+    # By hand: p ~ base^(1/T); top-p keeps the most likely tokens whose mass reaches top_p
+    # (here: all but the least likely, since the other three hold 0.94 >= 0.9).
+    p = base ** (1 / temperature)
+    p /= p.sum()
+    assert p[:3].sum() >= top_p > p[:2].sum()
+    expected = torch.cat([p[:3] / p[:3].sum(), torch.zeros(1)])
+    prompt = tokenizer("Natalia", add_special_tokens=False).input_ids
+    torch.manual_seed(0)
+    chains = generation.sample(model, tokenizer, [prompt], 64, 32, temperature=temperature, top_p=top_p, cache=cache)
+    drawn = torch.tensor([token for chain in chains[0] for token in chain.ids])
+    assert len(drawn) == 64 * 32
+    frequencies = torch.stack([(drawn == token).float().mean() for token in chosen])
+    assert frequencies[3] == 0 and frequencies.sum() == 1
+    # 5 standard deviations of a frequency over 2048 draws (0.05); sampling at temperature 1 would be 0.09 off
+    assert (frequencies - expected).abs().max() < 5 * (expected * (1 - expected) / 2048).sqrt().max()
+
+
 def test_extra_rows_stop_at_their_first_token():
     class EveryOther(generation.StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
@@ -256,7 +286,7 @@ def test_static_cache_on_a_sliding_window_model_equals_plain_generate(thought_to
     ids, mask = generation.left_pad(prompts, tokenizer.pad_token_id, model.device)
     plain = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=12,
                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    for cache in ("dynamic", "static"):
+    for cache in ("dynamic", "static", "paged"):
         chains = generation.sample(model, tokenizer, prompts, 2, 12, greedy=True, cache=cache)
         for group, tokens in zip(chains, plain[:, ids.shape[1]:].tolist()):
             end = next((t + 1 for t, token in enumerate(tokens) if token == tokenizer.eos_token_id), 12)

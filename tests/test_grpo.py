@@ -48,18 +48,18 @@ def chaotic_model(tiny_tokenizer):
     return make_model(tiny_tokenizer, initializer_range=1.0)
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
 def test_cached_sampling_equals_plain_generate_one_prompt(chaotic_model, tiny_tokenizer, cache):
     check_cached_equals_plain(chaotic_model, tiny_tokenizer, ["Start at 7.</thought> Add 5"], cache=cache)
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
 def test_cached_sampling_equals_plain_generate_left_padded_batch(chaotic_model, tiny_tokenizer, cache):
     texts = ["Start at 7.</thought> Add 5: 7 + 5 = 12.</thought>", "Natalia", "Solve the problem one step"]
     check_cached_equals_plain(chaotic_model, tiny_tokenizer, texts, cache=cache)
 
 
-@pytest.mark.parametrize("cache", ["dynamic", "static"])
+@pytest.mark.parametrize("cache", ["dynamic", "static", "paged"])
 def test_cached_sampling_equals_plain_generate_smollm2(smollm2_model, smollm2_tokenizer, cache):
     model = smollm2_model
     texts = [data.format_prompt(smollm2_tokenizer, "What is 12 times 3?"),

@@ -131,6 +131,8 @@ def test_folded_sampling_equals_sampling_through_the_adapters(sharp_model_dir, t
     prompts = [ids, ids[:4]]
     adapted = logits_of(model, ids)
     through = generation.sample(model, tiny_tokenizer, prompts, 2, 16, greedy=True)
+    paged = generation.sample(model, tiny_tokenizer, prompts, 2, 16, greedy=True, cache="paged")  # peft's layers too
+    assert [[c.ids for c in group] for group in paged] == [[c.ids for c in group] for group in through]
     with run.lora_folded(model):
         assert all(layer.disable_adapters for layer in layers.values())
         folded = logits_of(model, ids)

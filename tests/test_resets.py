@@ -275,7 +275,7 @@ def test_rrpo_two_steps_tiny_model(tiny_model_dir, tmp_path):
     assert (tmp_path / "run" / "checkpoint-2").is_dir()
 
 
-@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static", "paged"])
 def test_srpo_two_steps_tiny_model(tiny_model_dir, tmp_path, kv_cache):
     lines = run_two_steps(srpo.SRPOConfig, srpo.self_resets, tiny_model_dir, tmp_path, "--kv-cache", kv_cache)
     assert [line["step"] for line in lines] == [0, 1, 2]
