@@ -14,12 +14,12 @@ is a warm-up and is not counted. TRL always runs the backward pass, while ours s
 zero advantage (and the whole update when every group has equal rewards): with --beta > 0 both
 train on every rollout, which is equal work whatever the rewards. With --sampling, the table compares
 ways to sample the rollouts of a step instead: plain `generate` with every prompt repeated n times,
-ours (`generation.sample`: each prompt prefilled once) with a dynamic and with a static KV cache,
-and plain `generate` with a static cache. On a GPU, `generate` compiles the decoding step for a
-static cache (torch.compile); an untimed call on the same shapes comes first. With --kv-cache
-static (or --caches dynamic,static, which times each method with both), each method's steps are
-preceded by --warmup-repeats untimed ones, for the same reason. The two caches sample from the
-same distribution but not the same draws (a static cache's extra rows draw random numbers too).
+ours (`generation.sample`: each prompt prefilled once) with a dynamic, a static and a paged KV cache
+(transformers' continuous batching), and plain `generate` with a static cache. On a GPU,
+`generate` compiles the decoding step for a static cache (torch.compile); an untimed call on the
+same shapes comes first. With --kv-cache static or paged (or --caches dynamic,static,paged, which
+times each method with each), each method's steps are preceded by --warmup-repeats untimed ones,
+for the same reason. The caches sample from the same distribution but not the same draws.
 
     python benchmark.py                                   # the toy model, CPU
     python benchmark.py --model path/to/SmolLM2-135M-Instruct.Q4_1.gguf --dataset gsm8k.jsonl --trl
@@ -56,9 +56,9 @@ class BenchConfig(srpo.SRPOConfig):
     trl: bool = grpo.option(False, "also time TRL's GRPOTrainer on the same work (pip install trl)")
     sampling: bool = grpo.option(False, "compare ways of sampling a step's rollouts instead of steps")
     caches: str | None = grpo.option(None, "KV caches to time each method with, comma-separated: dynamic, "
-                                           "static; default: --kv-cache")
+                                           "static, paged; default: --kv-cache")
     warmup_repeats: int | None = grpo.option(None, "untimed steps per method before the timed ones; default 1 "
-                                                   "with a static cache (compilation), else 0", at_least=0)
+                                                   "with a static or paged cache (compilation), else 0", at_least=0)
 
 
 def synchronize(device) -> None:
@@ -70,8 +70,8 @@ def measure(cfg: BenchConfig) -> dict:
     methods, caches = cfg.methods.split(","), (cfg.caches or cfg.kv_cache).split(",")
     if unknown := set(methods) - set(METHODS):
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; choose among {', '.join(METHODS)}.")
-    if unknown := set(caches) - {"dynamic", "static"}:
-        raise SystemExit(f"--caches: unknown {sorted(unknown)}; choose among dynamic, static.")
+    if unknown := set(caches) - {"dynamic", "static", "paged"}:
+        raise SystemExit(f"--caches: unknown {sorted(unknown)}; choose among dynamic, static, paged.")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = run.load_model(cfg, device)
     ref_model = run.load_model(cfg, device)[0].eval().requires_grad_(False) if cfg.beta > 0 else None
@@ -83,7 +83,7 @@ def measure(cfg: BenchConfig) -> dict:
     runs = {name if len(caches) == 1 else f"{name}, {cache}": (name, cache) for cache in caches for name in methods}
     policies = {cache: grpo.Policy(model, tokenizer, dataclasses.replace(cfg, kv_cache=cache)) for cache in caches}
     results = {row: {"rollout_s": [], "train_s": [], "tokens": [], "decode_steps": []} for row in runs}
-    warmup = grpo.or_default(cfg.warmup_repeats, 1 if "static" in caches else 0)
+    warmup = grpo.or_default(cfg.warmup_repeats, 1 if {"static", "paged"} & set(caches) else 0)
     for repeat in range(-warmup, cfg.repeats):  # repeats below 0 are not timed
         batch = run.step_examples(examples, repeat + 1, cfg, 0, 1)
         rows = list(runs)[repeat % len(runs):] + list(runs)[:repeat % len(runs)]
@@ -196,7 +196,8 @@ def sampling_speeds(cfg: BenchConfig) -> dict:
     compiled = ", compiled" if device.type == "cuda" else ""
     ways = {"plain generate": plain, "ours (prefix shared)": ours,
             f"ours, static cache{compiled}": lambda batch, n: ours(batch, n, "static"),
-            f"generate, static cache{compiled}": lambda batch, n: plain(batch, n, cache_implementation="static")}
+            f"generate, static cache{compiled}": lambda batch, n: plain(batch, n, cache_implementation="static"),
+            "ours, paged (continuous batching)": lambda batch, n: ours(batch, n, "paged")}
     table = {}
     for n in (1, cfg.group_size):
         times, steps = {name: [] for name in ways}, {}

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The GPU checks, in parts (PARTS, default all of them):
 #   tests  the generation-equivalence tests on CUDA (cached sampling and thought-by-thought
-#          stopping against plain `generate`, with a dynamic and with a static KV cache; the
-#          static one is compiled on a GPU);
+#          stopping against plain `generate`, with a dynamic, a static and a paged KV cache; the
+#          static one is compiled on a GPU) and the test of the sampled distribution;
 #   train  three SRPO steps with LoRA (r = 64, bf16 base) and three with a full fine-tune (fp32
 #          master weights, bf16 autocast), on a random-weight model of Qwen2.5-1.5B's shape,
 #          gradient checkpointing on (over 1B parameters), --beta 0.04 so that the update runs
 #          although a random model never answers right;
 #   trl    one step of ours (GRPO, SRPO) against TRL's GRPOTrainer, 8 prompts x 8 x 256 tokens;
-#   static one step of ours (GRPO, SRPO) with the dynamic and with the static KV cache (decoding
-#          compiled), side by side, after an untimed step each;
+#   static one step of ours (GRPO, SRPO) with the dynamic, the static (decoding compiled) and the
+#          paged KV cache (continuous batching), side by side, after an untimed step each;
 #   sampling  the ways of sampling one step's rollouts, n = 1 and n = 8.
 # tests + train + trl took about 8 minutes on one H200 (without the static-cache tests); static and
 # sampling compile the model's decoding step, each in its own process (unmeasured: budget 3-4
-# minutes each). For one 10-minute slot: PARTS="static sampling".
+# minutes each; static times one step per method and cache, after an untimed one, to fit). For one
+# 10-minute slot: PARTS="static sampling".
 #
 #   [PARTS="..."] bash gpu_check.sh [TOKENIZER] [DATA] [OUT]
 # TOKENIZER: a tokenizer folder or hub id (default Qwen/Qwen2.5-1.5B); DATA: a gsm8k-style
@@ -52,7 +53,8 @@ EOF
 if part tests; then
 echo "== tests: generation equivalence on CUDA"
 RESETS_TEST_DEVICE=cuda timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_generation.py \
-    tests/test_grpo.py -k "equals_plain or budgets or free_text or logprobs_match or shared_context or sliding" 2>&1 | tail -15
+    tests/test_grpo.py -k "equals_plain or budgets or free_text or logprobs_match or shared_context or sliding or top_p" \
+    2>&1 | tail -15
 fi
 
 RUN="--model $MODEL --dataset $DATA --steps 3 --prompts-per-step 8 --group-size 8 --max-new-tokens 256
@@ -75,11 +77,11 @@ echo "== trl: one step, ours vs TRL"
 timeout 150 python3 benchmark.py $BENCH --trl 2>&1 | grep -v "it/s\]" | tail -8
 fi
 if part static; then
-echo "== static: one step, ours, dynamic vs static KV cache (compiled), --beta 0.04"
-timeout 330 python3 benchmark.py $BENCH --caches dynamic,static --beta 0.04 2>&1 | grep -v "it/s\]" | tail -8
+echo "== static: one step, ours, dynamic vs static (compiled) vs paged KV cache, --beta 0.04"
+timeout 330 python3 benchmark.py $BENCH --caches dynamic,static,paged --beta 0.04 --repeats 1 2>&1 | grep -v "it/s\]" | tail -11
 fi
 if part sampling; then
 echo "== sampling: ways of sampling one step's rollouts"
 timeout 270 python3 benchmark.py --model "$MODEL" --dataset "$DATA" --prompts-per-step 8 --group-size 8 \
-    --max-new-tokens 256 --repeats 2 --sampling 2>&1 | grep -v "it/s\]" | tail -14
+    --max-new-tokens 256 --repeats 2 --sampling 2>&1 | grep -v "it/s\]" | tail -16
 fi
