@@ -293,16 +293,22 @@ def generate_continuously(model, prompts: list[list[int]], n: int, budgets: list
     fork = n > 1 and min(map(len, prompts)) > 1
     config = copy.deepcopy(gen_config)
     config.num_return_sequences = n if fork else 1
-    page = 256
-    # The cache holds what the rows can need (the default sizes it to most of the free memory,
-    # which on a CPU takes seconds to allocate). Sampling draws from the manager's own generator,
-    # seeded from torch's; a cancelled row may still take a draw or not, depending on timing.
+    page, rows = 256, len(prompts) * n
+    # The cache holds the longest the rows can get, so that no row ever waits for room (left to
+    # itself, it takes most of the free memory). Tokens per forward pass: every row at once, and
+    # prompts prefilled 512 tokens at a time at least; the attention mask of a forward pass grows
+    # with them (the default, 8,192, made a mask of gigabytes). transformers seeds torch's
+    # generator with the seed given, drawn from that generator: a run stays reproducible, except
+    # that a cancelled row may or may not take one more draw, depending on timing.
     pages = sum(n * -(-(len(prompt) + budget) // page) for prompt, budget in zip(prompts, budgets))
     settings = ContinuousBatchingConfig(page_size=page, num_blocks=pages + len(prompts),
+                                        max_batch_tokens=max(rows, 512),
                                         seed=int(torch.randint(0, 2**31 - 1, ()).item()))
-    manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=settings)
-    tokens = [[] for _ in range(len(prompts) * n)]
+    attention = model.config._attn_implementation  # continuous batching switches it while it runs
+    manager = None
+    tokens = [[] for _ in range(rows)]
     try:
+        manager = model.init_continuous_batching(generation_config=config, continuous_batching_config=settings)
         request_row = {}
         for j, (prompt, budget) in enumerate(zip(prompts, budgets)):
             for c in range(1 if fork else n):
@@ -334,5 +340,8 @@ def generate_continuously(model, prompts: list[list[int]], n: int, budgets: list
             if result.is_finished():
                 pending.discard(row)
     finally:
-        manager.stop(block=True)
+        if manager is not None and manager.is_running():
+            manager.stop(block=True, hard_stop=True)  # every row needed is in; after an error, do not wait
+        if model.config._attn_implementation != attention:  # (stop restores it only for a started manager)
+            model.set_attn_implementation(attention)
     return tokens

@@ -252,7 +252,7 @@ def test_sampling_follows_temperature_and_top_p(thought_tokenizer, cache):
     p /= p.sum()
     assert p[:3].sum() >= top_p > p[:2].sum()
     expected = torch.cat([p[:3] / p[:3].sum(), torch.zeros(1)])
-    prompt = tokenizer("Natalia", add_special_tokens=False).input_ids
+    prompt = tokenizer("Natalia sold clips", add_special_tokens=False).input_ids  # (paged: forked into 64 rows)
     torch.manual_seed(0)
     chains = generation.sample(model, tokenizer, [prompt], 64, 32, temperature=temperature, top_p=top_p, cache=cache)
     drawn = torch.tensor([token for chain in chains[0] for token in chain.ids])
@@ -261,6 +261,57 @@ def test_sampling_follows_temperature_and_top_p(thought_tokenizer, cache):
     assert frequencies[3] == 0 and frequencies.sum() == 1
     # 5 standard deviations of a frequency over 2048 draws (0.05); sampling at temperature 1 would be 0.09 off
     assert (frequencies - expected).abs().max() < 5 * (expected * (1 - expected) / 2048).sqrt().max()
+
+
+def test_paged_cache_forks_each_prompt_into_its_rows(thought_model, thought_tokenizer, monkeypatch):
+    """With continuous batching, a prompt of more than one token is one request, forked into its n
+    rows after its prefill; each row must come back to its own prompt."""
+    from transformers.generation.continuous_batching import ContinuousBatchingManager
+
+    tokenizer, added = thought_tokenizer, []
+    add_request = ContinuousBatchingManager.add_request
+    monkeypatch.setattr(ContinuousBatchingManager, "add_request",
+                        lambda self, ids, *args, **kwargs: added.append(ids) or add_request(self, ids, *args, **kwargs))
+    prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS]
+    prompts = [prompt for prompt in prompts if len(prompt) > 1]
+    settings = dict(greedy=True, max_thought_tokens=12, max_thoughts=20)
+    paged = generation.sample(thought_model, tokenizer, prompts, 3, 40, cache="paged", **settings)
+    assert added == prompts  # one request per prompt
+    dynamic = generation.sample(thought_model, tokenizer, prompts, 3, 40, **settings)
+    assert len({tuple(group[0].ids) for group in dynamic}) == len(prompts)  # a row given to another prompt shows
+    assert paged == dynamic
+
+
+def test_paged_cache_failure_leaves_no_thread_and_the_attention_as_it_was(thought_tokenizer, monkeypatch):
+    """An error while continuous batching runs (here: in the stopper) comes back with the manager's
+    thread stopped; one before it starts leaves the model's attention as it was (the manager
+    switches an eager model to a paged version of it)."""
+    import threading
+
+    from transformers.generation.continuous_batching import ContinuousBatchingManager
+
+    tokenizer = thought_tokenizer
+    model = make_model(tokenizer, seed=3, initializer_range=1.0)
+    model.set_attn_implementation("eager")
+    prompts = [tokenizer(text, add_special_tokens=False).input_ids for text in PROMPTS[:3]]
+    threads = threading.active_count()
+
+    def fail(self, row, token):
+        raise ValueError("stopper failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(generation.ThoughtStopper, "add", fail)
+        with pytest.raises(ValueError, match="stopper failed"):
+            generation.sample(model, tokenizer, prompts, 2, 400, greedy=True, max_thought_tokens=8, cache="paged")
+    assert threading.active_count() == threads
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("no room")
+
+    monkeypatch.setattr(ContinuousBatchingManager, "add_request", refuse)
+    with pytest.raises(RuntimeError, match="no room"):
+        generation.sample(model, tokenizer, prompts, 2, 8, greedy=True, cache="paged")
+    assert model.config._attn_implementation == "eager"
 
 
 def test_extra_rows_stop_at_their_first_token():
