@@ -81,20 +81,30 @@ def test_sampling_keeps_eos_and_marks_truncation(chaotic_model, tiny_tokenizer):
         assert eos_at in ([], [len(response) - 1])  # nothing kept after the first eos
 
 
-def test_decode_steps_count_the_forward_passes_of_generate(chaotic_model, tiny_tokenizer):
-    # One forward pass per new token of the longest response, counted by a hook on the model;
-    # with n = 1 sample() makes no forward pass of its own (no prefix to share).
+def test_decode_steps_count_the_forward_passes_of_generate(tiny_tokenizer):
+    # One forward pass per new token of each call's longest response, counted by a hook on the
+    # model; sample() itself adds one for each call with n > 1 (the prefix it shares).
     tiny_tokenizer.padding_side = "left"
-    policy = grpo.Policy(chaotic_model, tiny_tokenizer, grpo.Config(max_new_tokens=12, max_thought_tokens=5))
-    prompts = [tiny_tokenizer(t, add_special_tokens=False).input_ids for t in ("Natalia", "Start at 7.", "Add 5")]
-    forwards = []
-    hook = chaotic_model.register_forward_hook(lambda *args: forwards.append(1))
+    model = make_model(tiny_tokenizer)
+    head = torch.nn.Linear(model.config.hidden_size, len(tiny_tokenizer), bias=True)
+    with torch.no_grad():  # eos is likely enough that responses end at different lengths
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tiny_tokenizer.eos_token_id] = 4.5
+    model.lm_head = head
+    policy = grpo.Policy(model, tiny_tokenizer, grpo.Config(max_new_tokens=24))
+    prompts = [tiny_tokenizer(t, add_special_tokens=False).input_ids for t in ("Natalia sold", "Start at 7.", "Add 5")]
+    forwards, lengths = [], []
+    hook = model.register_forward_hook(lambda *args: forwards.append(1))
+    torch.manual_seed(0)
     try:
-        for budget in (12, 3):
-            policy.sample(prompts, 1, max_new_tokens=[budget] * 3, thoughts=False)
+        for budget in (24, 24, 3):
+            chains = policy.sample(prompts, 2, max_new_tokens=[budget] * 3, thoughts=False, temperature=1.0)
+            lengths.append([len(chain.ids) for group in chains for chain in group])
     finally:
         hook.remove()
-    assert policy.decode_steps == len(forwards) and 3 < policy.decode_steps <= 12 + 3
+    assert len(set(lengths[0])) > 1 and max(lengths[0]) < 24  # the case is not trivial
+    assert policy.decode_steps == sum(map(max, lengths)) == len(forwards) - 3
 
 
 def test_response_logprobs_match_naive_computation(chaotic_model):

@@ -192,6 +192,7 @@ def test_prompts_with_no_parent_sample_anew_in_the_suffixes_call(tiny_tokenizer,
     assert [r.reward for r in by_group[1]] == [1.0] * 4
     assert all(r.kind == "fresh" and r.prompt_ids == examples[1]["prompt_ids"] for r in by_group[2])
     assert [r.reward for r in by_group[2]] == [1.0] * 4 + [0.0, 1.0, 1.0, 1.0]  # 4 kept, then 4 new
+    assert [policy.text(r.response_ids) for r in by_group[2]] == [RIGHT] * 4 + [WRONG, RIGHT, RIGHT, RIGHT]
 
 
 def test_self_localization_prompt_temperature_and_parse(tiny_tokenizer, cfg):
