@@ -17,6 +17,7 @@ cancels each row when its chain ends.
 import copy
 import functools
 import inspect
+import time
 from dataclasses import dataclass
 
 import torch
@@ -279,6 +280,9 @@ def generate_padded(model, tokenizer, prompts: list[list[int]], n: int, gen_conf
     return generated[:rows, ids.shape[1]:].tolist()
 
 
+STALL_SECONDS = 600  # continuous batching with no new token for this long is stuck, not slow
+
+
 def generate_continuously(model, prompts: list[list[int]], n: int, budgets: list[int], gen_config: GenerationConfig,
                           stopper: ThoughtStopper | None) -> list[list[int]]:
     """transformers' continuous batching, with a paged KV cache: each row is a request of its own
@@ -318,14 +322,15 @@ def generate_continuously(model, prompts: list[list[int]], n: int, budgets: list
             if fork:  # the n - 1 other rows of the prompt, forked from it after its prefill
                 request_row.update({f"{request}__child#{c}": j * n + 1 + c for c in range(n - 1)})
         manager.start()  # after every request is queued: the first batches do not depend on timing
-        pending = set(request_row.values())
+        pending, last_result = set(request_row.values()), time.monotonic()
         while pending:
             result = manager.get_result(timeout=1)
             if result is None:
-                if not manager.is_running():
-                    raise RuntimeError("continuous batching stopped before every row was generated; "
-                                       "--kv-cache dynamic does not use it")
+                if not manager.is_running() or time.monotonic() - last_result > STALL_SECONDS:
+                    raise RuntimeError(f"continuous batching stopped, or made no progress for {STALL_SECONDS} s, "
+                                       "before every row was generated; --kv-cache dynamic does not use it")
                 continue
+            last_result = time.monotonic()
             row = request_row[result.request_id]
             if row not in pending:
                 continue  # a cancelled row's late tokens

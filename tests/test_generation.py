@@ -283,10 +283,11 @@ def test_paged_cache_forks_each_prompt_into_its_rows(thought_model, thought_toke
 
 
 def test_paged_cache_failure_leaves_no_thread_and_the_attention_as_it_was(thought_tokenizer, monkeypatch):
-    """An error while continuous batching runs (here: in the stopper) comes back with the manager's
-    thread stopped; one before it starts leaves the model's attention as it was (the manager
-    switches an eager model to a paged version of it)."""
+    """An error while continuous batching runs (here: in the stopper, or no progress) comes back
+    with the manager's thread stopped; one before it starts leaves the model's attention as it was
+    (the manager switches an eager model to a paged version of it)."""
     import threading
+    import time
 
     from transformers.generation.continuous_batching import ContinuousBatchingManager
 
@@ -303,6 +304,12 @@ def test_paged_cache_failure_leaves_no_thread_and_the_attention_as_it_was(though
         patch.setattr(generation.ThoughtStopper, "add", fail)
         with pytest.raises(ValueError, match="stopper failed"):
             generation.sample(model, tokenizer, prompts, 2, 400, greedy=True, max_thought_tokens=8, cache="paged")
+    assert threading.active_count() == threads
+    with monkeypatch.context() as patch:  # no result ever comes back: stuck, not slow
+        patch.setattr(generation, "STALL_SECONDS", 0.5)
+        patch.setattr(ContinuousBatchingManager, "get_result", lambda self, *args, **kwargs: time.sleep(0.1))
+        with pytest.raises(RuntimeError, match="no progress"):
+            generation.sample(model, tokenizer, prompts, 2, 8, greedy=True, cache="paged")
     assert threading.active_count() == threads
 
     def refuse(self, *args, **kwargs):
