@@ -266,8 +266,9 @@ class Policy:
                             cfg.temperature if temperature is None else temperature, cfg.top_p, greedy,
                             cfg.max_thought_tokens if thoughts else None,
                             cfg.max_thoughts if max_thoughts is None else max_thoughts, cfg.kv_cache)
-        self.tokens_generated += sum(len(chain.ids) for group in chains for chain in group)
-        self.decode_steps += max((len(chain.ids) for group in chains for chain in group), default=0)
+        lengths = [len(chain.ids) for group in chains for chain in group]
+        self.tokens_generated += sum(lengths)
+        self.decode_steps += max(lengths, default=0)
         return chains
 
     def text(self, ids: list[int]) -> str:

@@ -20,10 +20,10 @@ thoughts count on from k, and prefix + suffix share one budget of --max-new-toke
 caused by decisions from step k on. The parent's steps are its thoughts, as recorded while it was
 generated. If no wrong solution turns up within --max-fresh attempts, the prompt keeps B/2 of its
 (right) fresh solutions and gets B/2 new ones in the same group, which may hold a failure: GRPO,
-as in the authors' code (the new ones are sampled in the suffixes' batch). A fresh solution with no thought at all (an empty output) is a wrong
-member of group 1, never a parent. `--reset oracle` resets at the true first wrong step instead,
-for tasks with a step checker (the built-in toy task): the credit-assignment oracle of the
-paper's theory.
+as in the authors' code (the new ones are sampled in the suffixes' batch). A fresh solution with
+no thought at all (an empty output) is a wrong member of group 1, never a parent. `--reset oracle`
+resets at the true first wrong step instead, for tasks with a step checker (the built-in toy
+task): the credit-assignment oracle of the paper's theory.
 
 Deviations from the authors' code: none in the buffer above. `--reset oracle` and
 `--oracle-noise` are additions, for tasks with a step checker.
@@ -159,8 +159,8 @@ def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
                           for chain in group]
         rollouts += group_rollouts
         record_reset(diagnostics, example, steps, k, [r.reward for r in group_rollouts])
-    for i, group in zip(unfailed, chains[len(parents):]):
-        rollouts += [grpo.Rollout(examples[i]["prompt_ids"], chain.ids, next(scores), fresh_group(i), chain.finish, i,
+    for i, example, group in zip(unfailed, starts[len(parents):], chains[len(parents):]):
+        rollouts += [grpo.Rollout(example["prompt_ids"], chain.ids, next(scores), fresh_group(i), chain.finish, i,
                                   chain.thought_ends) for chain in group]
     return rollouts, diagnostics
 
