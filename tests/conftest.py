@@ -66,6 +66,22 @@ def make_model(tokenizer, seed=0, **overrides):
     return Qwen2ForCausalLM(config).eval().to(TEST_DEVICE)
 
 
+def add_head_bias(model, biases: dict, fill=0.0, keep_weights=True):
+    """Give the model's lm head a bias: `biases` (token id -> value) on top of `fill` for every
+    other token; without `keep_weights` the logits are the bias alone, whatever the context."""
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        if keep_weights:
+            head.weight.copy_(model.lm_head.weight)
+        else:
+            head.weight.zero_()
+        head.bias.fill_(fill)
+        for token, value in biases.items():
+            head.bias[token] = value
+    model.lm_head = head.to(model.device)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tokenizer()

@@ -3,7 +3,7 @@ reference that applies the paper's stopping rule after the fact to plain `genera
 decoding each whole thought again at every token."""
 import pytest
 import torch
-from conftest import make_model, make_tokenizer
+from conftest import add_head_bias, make_model, make_tokenizer
 
 import data
 import generation
@@ -136,15 +136,9 @@ def thought_model(thought_tokenizer):
     """A random model whose greedy text varies, with a bias towards the delimiter and \\boxed{
     so that chains end in every way: answer, eos, max_thoughts and budget."""
     model = make_model(thought_tokenizer, seed=3, initializer_range=1.0)
-    head = torch.nn.Linear(model.config.hidden_size, len(thought_tokenizer), bias=True)
-    with torch.no_grad():
-        head.weight.copy_(model.lm_head.weight)
-        head.bias.zero_()
-        head.bias[thought_tokenizer.convert_tokens_to_ids(DELIMITER)] = 6.0
-        head.bias[thought_tokenizer.convert_tokens_to_ids("\\boxed{")] = 3.0
-        head.bias[thought_tokenizer.eos_token_id] = 3.0
-    model.lm_head = head.to(model.device)
-    return model.eval()
+    biases = {thought_tokenizer.convert_tokens_to_ids(DELIMITER): 6.0,
+              thought_tokenizer.convert_tokens_to_ids("\\boxed{"): 3.0, thought_tokenizer.eos_token_id: 3.0}
+    return add_head_bias(model, biases).eval()
 
 
 PROMPTS = ["Start at 7.</thought> Add 5", "Natalia", "Solve the problem one step", "Multiply by 3:",
@@ -238,14 +232,10 @@ def test_sampling_follows_temperature_and_top_p(thought_tokenizer, cache):
     """A model whose next-token distribution is fixed (the lm head is a bias only): the sampled
     tokens' frequencies against the distribution computed by hand from the temperature and top-p."""
     tokenizer, temperature, top_p = thought_tokenizer, 0.7, 0.9
-    model = make_model(tokenizer, seed=5)
     chosen, base = [40, 41, 42, 43], torch.tensor([0.5, 0.25, 0.15, 0.1])
-    head = torch.nn.Linear(model.config.hidden_size, len(tokenizer), bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.fill_(-1e4)  # eos included: every row runs to its budget
-        head.bias[chosen] = base.log()
-    model.lm_head = head.to(model.device)
+    # every other token at -1e4, eos included: every row runs to its budget
+    model = add_head_bias(make_model(tokenizer, seed=5), dict(zip(chosen, base.log().tolist())), fill=-1e4,
+                          keep_weights=False)
     # By hand: p ~ base^(1/T); top-p keeps the most likely tokens whose mass reaches top_p
     # (here: all but the least likely, since the other three hold 0.94 >= 0.9).
     p = base ** (1 / temperature)

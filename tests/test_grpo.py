@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model
+from conftest import add_head_bias, make_model
 
 import data
 import generation
@@ -85,13 +85,8 @@ def test_decode_steps_count_the_forward_passes_of_generate(tiny_tokenizer):
     # One forward pass per new token of each call's longest response, counted by a hook on the
     # model; sample() itself adds one for each call with n > 1 (the prefix it shares).
     tiny_tokenizer.padding_side = "left"
-    model = make_model(tiny_tokenizer)
-    head = torch.nn.Linear(model.config.hidden_size, len(tiny_tokenizer), bias=True)
-    with torch.no_grad():  # eos is likely enough that responses end at different lengths
-        head.weight.copy_(model.lm_head.weight)
-        head.bias.zero_()
-        head.bias[tiny_tokenizer.eos_token_id] = 4.5
-    model.lm_head = head
+    # eos is likely enough that responses end at different lengths
+    model = add_head_bias(make_model(tiny_tokenizer), {tiny_tokenizer.eos_token_id: 4.5})
     policy = grpo.Policy(model, tiny_tokenizer, grpo.Config(max_new_tokens=24))
     prompts = [tiny_tokenizer(t, add_special_tokens=False).input_ids for t in ("Natalia sold", "Start at 7.", "Add 5")]
     forwards, lengths = [], []
