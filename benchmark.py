@@ -6,7 +6,10 @@ the tokens generated. RRPO and SRPO sample extra sequences that GRPO does not: t
 the localization pass (SRPO) and suffixes that start mid-solution. Their phases run one after the
 other, so the table also counts sequential decode steps: the sum, over the step's `generate` calls,
 of the longest response of each. Where decoding is bound by memory bandwidth rather than compute (a
-GPU at small batch), a call's time follows its decode steps, not its rows.
+GPU at small batch), a call's time follows its decode steps, not its rows. A second count says what
+overlapping the phases could save: the decode steps of the step if each prompt's next phase began
+as soon as its own previous phase ended (as continuous batching could schedule them), with room for
+every row at once, which is the longest chain of one prompt's phases.
 
 With --trl, TRL's GRPOTrainer runs the same work (same model, prompts, group size, token budget,
 one optimizer step per batch, the same --beta) and its steps are timed the same way; its first step
@@ -42,11 +45,57 @@ import rrpo
 import run
 import srpo
 
+
+def self_resets(policy, examples, parent_steps, rng, diagnostics):
+    """srpo.self_resets, first telling a PhaseLog which prompt each localization request is for."""
+    policy.localizing = [example["prompt_index"] for example in examples]
+    return srpo.self_resets(policy, examples, parent_steps, rng, diagnostics)
+
+
 METHODS = {
     "grpo": grpo.grpo_rollouts,
     "rrpo": lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, rrpo.random_resets),
-    "srpo": lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, srpo.self_resets),
+    "srpo": lambda policy, examples, rng: rrpo.reset_rollouts(policy, examples, rng, self_resets),
 }
+
+
+class PhaseLog(grpo.Policy):
+    """A policy that notes, for each sample call, which of the step's prompts each of its prompts
+    works for and the longest response that prompt got: per prompt, its chain of phases."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.examples, self.localizing, self.chains = [], None, []
+
+    def sample(self, prompts, n, *args, thoughts=True, **kwargs):
+        chains = super().sample(prompts, n, *args, thoughts=thoughts, **kwargs)
+        # A localization request is for the prompt srpo names; every other call's prompts begin
+        # with the step prompt they solve (alone, or followed by a parent's prefix).
+        owners = self.localizing if not thoughts else [owner(prompt, self.examples) for prompt in prompts]
+        self.chains.append([(i, max((len(chain.ids) for chain in group), default=0))
+                            for i, group in zip(owners, chains)])
+        return chains
+
+    def overlapped_decode_steps(self) -> int | None:
+        """The decode steps of the step's rollouts if each prompt's phases ran back to back with
+        room for every row at once: the longest sum, over one prompt's calls, of its longest response.
+        None when the step holds the same prompt twice: their calls cannot be told apart."""
+        if len({tuple(example["prompt_ids"]) for example in self.examples}) < len(self.examples):
+            return None
+        per_prompt = [0] * len(self.examples)
+        for call in self.chains:
+            for i, longest in call:
+                per_prompt[i] += longest
+        return max(per_prompt, default=0)
+
+
+def owner(prompt: list[int], examples: list[dict]) -> int:
+    """The index of the example whose prompt `prompt` begins with (the longest, if several do)."""
+    matches = [(len(ex["prompt_ids"]), i) for i, ex in enumerate(examples)
+               if prompt[:len(ex["prompt_ids"])] == ex["prompt_ids"]]
+    if not matches:
+        raise ValueError("a sampled prompt begins with none of the step's prompts")
+    return max(matches)[1]
 
 
 @dataclass
@@ -81,8 +130,9 @@ def measure(cfg: BenchConfig) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     # one row per method and cache: "grpo", or "grpo, static" when caches are compared
     runs = {name if len(caches) == 1 else f"{name}, {cache}": (name, cache) for cache in caches for name in methods}
-    policies = {cache: grpo.Policy(model, tokenizer, dataclasses.replace(cfg, kv_cache=cache)) for cache in caches}
-    results = {row: {"rollout_s": [], "train_s": [], "tokens": [], "decode_steps": []} for row in runs}
+    policies = {cache: PhaseLog(model, tokenizer, dataclasses.replace(cfg, kv_cache=cache)) for cache in caches}
+    results = {row: {"rollout_s": [], "train_s": [], "tokens": [], "decode_steps": [], "overlapped_steps": []}
+               for row in runs}
     warmup = grpo.or_default(cfg.warmup_repeats, 1 if {"static", "paged"} & set(caches) else 0)
     for repeat in range(-warmup, cfg.repeats):  # repeats below 0 are not timed
         batch = run.step_examples(examples, repeat + 1, cfg, 0, 1)
@@ -93,6 +143,7 @@ def measure(cfg: BenchConfig) -> dict:
             model.load_state_dict(start_weights)
             torch.manual_seed(max(repeat, 0))
             policy.tokens_generated = policy.decode_steps = 0
+            policy.examples, policy.chains, policy.localizing = batch, [], None
             synchronize(device)
             begin = time.perf_counter()
             model.eval()
@@ -109,10 +160,12 @@ def measure(cfg: BenchConfig) -> dict:
             results[row]["train_s"].append(time.perf_counter() - middle)
             results[row]["tokens"].append(policy.tokens_generated)
             results[row]["decode_steps"].append(policy.decode_steps)
+            results[row]["overlapped_steps"].append(policy.overlapped_decode_steps())
     if cfg.trl:
         model.load_state_dict(start_weights)
         results["trl"] = trl_steps(cfg, model, tokenizer, examples, device)
-    return {name: {key: statistics.median(values) for key, values in r.items()} for name, r in results.items()}
+    return {name: {key: None if None in values else statistics.median(values) for key, values in r.items()}
+            for name, r in results.items()}
 
 
 def trl_steps(cfg: BenchConfig, model, tokenizer, examples: list[dict], device) -> dict:
@@ -232,11 +285,12 @@ if __name__ == "__main__":
     base = next(r["rollout_s"] + r["train_s"] for r in table.values())
     print(f"\none step, {cfg.prompts_per_step} prompts x {cfg.group_size} scored rollouts, median of {cfg.repeats}:\n")
     print(f"| method | rollout s | update s | step s | vs {list(table)[0]} | tokens generated | tokens/s of step "
-          "| sequential decode steps |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| sequential decode steps | the same, phases overlapped per prompt |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in table.items():
         step = r["rollout_s"] + r["train_s"]
         phases = "- | -" if name == "trl" else f"{r['rollout_s']:.2f} | {r['train_s']:.2f}"  # TRL's are not split
-        steps = f"{r['decode_steps']:.0f}" if "decode_steps" in r else "-"
+        steps = f"{r['decode_steps']:.0f} | " if "decode_steps" in r else "- | "
+        steps += "-" if r.get("overlapped_steps") is None else f"{r['overlapped_steps']:.0f}"
         print(f"| {name} | {phases} | {step:.2f} | {step / base:.2f}x | {r['tokens']:.0f} | {r['tokens'] / step:.0f} "
               f"| {steps} |")

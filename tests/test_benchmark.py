@@ -4,7 +4,9 @@ import json
 import pytest
 
 import benchmark
+import grpo
 import run
+from generation import Chain
 
 
 def test_step_benchmark_times_each_method_with_each_cache(tiny_model_dir, tmp_path, monkeypatch):
@@ -24,6 +26,29 @@ def test_step_benchmark_times_each_method_with_each_cache(tiny_model_dir, tmp_pa
     for row in table.values():
         assert row["rollout_s"] > 0 and row["train_s"] > 0 and row["tokens"] > 0
         assert 0 < row["decode_steps"] <= row["tokens"]  # the longest response of each call, not all of them
+        assert 0 < row["overlapped_steps"] <= row["decode_steps"]
+    assert table["grpo, dynamic"]["overlapped_steps"] == table["grpo, dynamic"]["decode_steps"]  # one call
+
+
+def test_overlapped_decode_steps_follow_each_prompts_chain_of_calls(monkeypatch):
+    # Prompt 0 never fails: fresh solutions, then new fresh ones in the suffixes' call. Prompt 1
+    # resets: fresh, localization, suffixes. Each call returns the lengths scripted for it.
+    lengths = iter([[[5, 2], [9, 3]],  # fresh: prompt 0's longest 5, prompt 1's 9
+                    [[20]],  # localization of prompt 1
+                    [[4, 4], [7, 1]]])  # suffixes of prompt 1 (prompt + prefix), then prompt 0's new ones
+    monkeypatch.setattr(grpo.Policy, "sample", lambda self, prompts, n, **kw: [
+        [Chain([0] * length, [], "eos") for length in group] for group in next(lengths)])
+    policy = benchmark.PhaseLog(None, None, grpo.Config())
+    policy.examples = [{"prompt_ids": [1, 2]}, {"prompt_ids": [1, 2, 3]}]
+    policy.sample([[1, 2], [1, 2, 3]], 2)
+    policy.localizing = [1]
+    policy.sample([[9, 9, 9]], 1, thoughts=False)
+    policy.sample([[1, 2, 3, 8, 8], [1, 2]], 2)
+    assert policy.overlapped_decode_steps() == max(5 + 7, 9 + 20 + 4) == 33  # the phased calls: 9 + 20 + 7
+    with pytest.raises(ValueError, match="none of the step's prompts"):
+        benchmark.owner([4, 1, 2], policy.examples)
+    policy.examples.append({"prompt_ids": [1, 2]})
+    assert policy.overlapped_decode_steps() is None  # two identical prompts: whose call is whose is unknown
 
 
 def test_unknown_cache_is_refused(tiny_model_dir):
