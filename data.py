@@ -169,10 +169,11 @@ def has_test_split(name: str) -> bool:
 
 
 def rewards(examples: list[dict], completions: list[str]) -> list[float]:
-    """1.0 for a right final answer (math) or a program that passes every test (code), else 0.0.
+    """1.0 for a right final answer (math; not one that only restates an expression of the question)
+    or a program that passes every test (code), else 0.0.
     Programs are checked in parallel subprocesses; math answers one by one (they are cheap)."""
     code = [i for i, example in enumerate(examples) if "tests" in example]
-    scores = [0.0 if i in code else verify.math_reward(completion, example["answer"])
+    scores = [0.0 if i in code else verify.math_reward(completion, example["answer"], example.get("question"))
               for i, (example, completion) in enumerate(zip(examples, completions))]
     if code:
         checked = verify.code_rewards([completions[i] for i in code], [examples[i]["tests"] for i in code])

@@ -26,6 +26,7 @@ Programs (the Code section): `code_reward` runs the program in a completion on i
 """
 import argparse
 import atexit
+import builtins
 import importlib.util
 import json
 import os
@@ -144,30 +145,47 @@ def normalize_answer(answer: str) -> str:
     >>> normalize_answer(r"**1,234** \text{ apples}.")
     '1234'
     """
-    text = re.sub(r"\\\$|\$", "", answer)
+    text = re.sub(r"\\\$|\$", "", answer).replace("{,}", ",")
+    spaced_comma = re.search(r"\d,\s+\d", text)  # `3, 500` is two numbers, not 3500
     text = re.sub(r"\\(?:left|right)(?:\.|(?![a-zA-Z]))", "", text)  # `\right.`: no bracket
     text = re.sub(r"\\[dt]frac", r"\\frac", text)
-    text = re.sub(r"(?<!\\)\\[,!;: ]", "", text)  # thin spaces, but not the `\\` of a new row
-    text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\%|%", "", text)
-    # `\text{ cm}^2` after a value is a unit; a whole `\text{east}` is the answer itself
-    unit = r"\\(?:text|mbox|mathrm)\{[a-zA-Z ]*\}(?:\^\{?\d\}?)?"
-    text = re.sub(rf"(?<=\S)\s*{unit}\s*\.?\s*$", "", text)
+    # thin spaces (not the `\\` of a new row): none in `10\,000` or `10,\!080`, else a space
+    thin_space = r"(?<!\\)\\[,!;: ]"
+    text = re.sub(rf"(?<=[\d,]){thin_space}(?=\d{{3}}(?!\d))", "", text)
+    text = re.sub(thin_space, " ", text)
+    # (a space in their place too, so that `5^\circ 2` does not become 52)
+    text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\%|%", " ", text)
+    # `\text{ cm}^2` after a value is a unit; a whole `\text{east}` is the answer itself; and
+    # `5 \text{ or more}` or `3 \text{ million}` is not 5 or 3
+    unit = r"\\(?:text|mbox|mathrm)\{([a-zA-Z ]*)\}(?:\^\{?\d\}?)?"
+    text = re.sub(rf"(?<=\S)\s*{unit}\s*\.?\s*$",
+                  lambda match: match[0] if _NOT_UNITS & set(match[1].lower().split()) else "", text)
     text = re.sub(r"\\(?:text|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}", r"\1", text)
-    # white space only matters between two letters: `\cot x` is not `\cotx`
+    # white space only matters between two letters (`\cot x` is not `\cotx`) and between two
+    # digits (`3 5` is not 35)
     text = re.sub(r"\s+", " ", text).strip()
-    text = re.sub(r"(?<![a-zA-Z]) | (?![a-zA-Z])", "", text)
+    text = re.sub(r"(?<![a-zA-Z\d]) | (?![a-zA-Z\d])|(?<=[a-zA-Z]) (?=\d)|(?<=\d) (?=[a-zA-Z])", "", text)
     text = re.sub(r"^\*\*(.*)\*\*", r"\1", text.rstrip(".")).rstrip(".")
     text = re.sub(r"([_^])\{(\w)\}", r"\1\2", text)  # x^{2} is x^2
-    text = re.sub(r"\\sqrt\{(\w)\}", r"\\sqrt\1", text)
+    text = re.sub(r"\\sqrt\{(\d)\}", r"\\sqrt\1", text)  # (`\sqrt{x}` stays: `\sqrtx` is no command)
     # inf, infinity and ∞ are \infty, and +\infty is \infty (`\inf` is the infimum: kept)
     text = re.sub(r"(?i)(?<![a-zA-Z\\])(?:inf(?:inity)?|∞)(?![a-zA-Z])", r"\\infty", text)
     text = re.sub(r"(?:^|(?<=[(\[,]))\+(?=\\infty(?![a-zA-Z]))", "", text)
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):  # a lone number; (2,251,252) is a tuple
+    if not spaced_comma and re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", text):  # a lone number; (2,251,252) is a tuple
         text = text.replace(",", "")
+    if re.fullmatch(r"-?\d{1,3}( \d{3})+(\.\d+)?", text):  # 1 000 000, as SI writes it
+        text = text.replace(" ", "")
     if re.fullmatch(r"\([A-Ea-e]\)", text):  # a multiple-choice letter
         text = text[1].upper()
     return text
 
+
+# words that change what a number after them means, so a `\text{...}` that holds one is no unit
+_NOT_UNITS = {"or", "and", "nor", "not", "no", "none", "is", "are", "wrong", "incorrect", "false", "impossible",
+              "more", "less", "fewer", "than", "least", "most", "at", "over", "under", "about", "approximately",
+              "almost", "nearly", "plus", "minus", "times", "squared", "cubed", "half", "quarter", "dozen",
+              "dozens", "hundred", "hundreds", "thousand", "thousands", "million", "millions", "billion",
+              "billions", "trillion", "trillions", "except", "only", "to", "between", "either", "neither"}
 
 _NUMBER = r"-?(?:\d+\.?\d*|\.\d+)"
 _DIGIT_OR_BRACED_DIGITS = r"(\d|\{\d+\})"
@@ -230,17 +248,18 @@ def _encloses(text: str) -> bool:
 def _split_collection(text: str) -> tuple[str, list[str]] | None:
     r"""(kind, items) of a tuple, interval, set, list, union, matrix or `a\pm b`; None otherwise.
 
-    The order of the items matters for every kind but "set".
+    The order of the items matters for every kind but "set" and "union".
 
     >>> _split_collection("(3,4]"), _split_collection(r"1\pm\sqrt2")
     (('(]', ['3', '4']), ('set', ['1+\\sqrt2', '1-\\sqrt2']))
     """
     if match := re.fullmatch(r"\\begin\{([pbv]?matrix)\}(.*)\\end\{\1\}", text):
-        rows = match[2].split(r"\\")
-        return f"{len(rows)}-row matrix", [cell for row in rows for cell in row.split("&")]
-    for separator in (",", r"\cup"):  # `1,-2` and `(0,1)\cup(2,3)` are sets of values
+        rows = [row.split("&") for row in match[2].split(r"\\")]
+        return "matrix " + "x".join(str(len(row)) for row in rows), [cell for row in rows for cell in row]
+    # `1,-2` is a set of values and `(0,1)\cup(2,3)` a set of intervals: neither is the other
+    for separator, kind in ((",", "set"), (r"\cup", "union")):
         if len(pieces := _split_top_level(text, separator)) > 1:
-            return "set", pieces
+            return kind, pieces
     if text.startswith(r"\{") and _encloses(text[1:]):
         return "set", _split_top_level(text[2:-2], ",")
     if len(pieces := _split_top_level(text, r"\pm")) == 2:
@@ -263,7 +282,7 @@ def _equiv(pred: str, gold: str, symbolic: bool) -> bool:
     (pred_kind, pred_items), (gold_kind, gold_items) = pred_collection, gold_collection
     if pred_kind != gold_kind or len(pred_items) != len(gold_items):
         return False
-    if pred_kind != "set":
+    if pred_kind not in ("set", "union"):
         return all(_equiv(p, g, symbolic) for p, g in zip(pred_items, gold_items))
     unmatched = list(gold_items)
     for item in pred_items:
@@ -282,6 +301,9 @@ def _same_value(pred: str, gold: str, symbolic: bool) -> bool:
     # words compare as words: as products of symbols, `ab` would equal `ba`
     if re.fullmatch(r"[a-zA-Z]{2,}", pred) or re.fullmatch(r"[a-zA-Z]{2,}", gold):
         return pred.lower() == gold.lower()
+    # a capital letter is a choice or a name (`(E)`, point `B`), not Euler's number or a variable
+    if re.fullmatch(r"[A-Z]", pred) or re.fullmatch(r"[A-Z]", gold):
+        return pred == gold
     return symbolic and _same_expression(pred, gold)
 
 
@@ -361,9 +383,13 @@ def _to_sympy(latex: str):
     sides = []
     for side in _split_top_level(latex, "="):
         code = latex_to_sympy(side)
-        # parse_expr calls eval(): let through only names, numbers, operators and brackets
-        if not re.fullmatch(r"[\w\s+\-*/().,!]*", code) or re.search(r"__|\.(?!\d)", code):
+        # parse_expr calls eval(): let through only names, numbers, operators and brackets, and
+        # no Python builtin (`input()` would wait for the timeout, `exit()` end the worker)
+        if (not re.fullmatch(r"[\w\s+\-*/().,!]*", code) or re.search(r"__|\.(?!\d)", code)
+                or set(re.findall(r"[a-zA-Z_]\w*", code)) & set(vars(builtins))):
             raise ValueError(f"refusing to evaluate {code!r}")
+        if re.search(r"\d\s+\.?\d", code):  # `3 5` is no product in LaTeX
+            raise ValueError(f"two numbers side by side in {code!r}")
         sides.append(parse_expr(code, {"e": E, "i": I}, transformations=transformations))
     if len(sides) > 2:
         raise ValueError("a chain of equations")
@@ -385,14 +411,14 @@ def _same_expression(pred: str, gold: str) -> bool:
     if difference.is_Rational:  # two exact rationals: 2^{-200} is not 3^{-200}
         return difference == 0
     # A constant: evaluating is more reliable than simplify on nested radicals and trigonometry.
-    # Relative to the size of the values, so that e^{-100} is not 0; to 50 digits, so that a
-    # rounded value like 1.414 is not \sqrt2.
-    error = abs(difference.evalf(50))
-    if error <= 1e-30 * max(abs(pred_value.evalf(50)), abs(gold_value.evalf(50))):
+    # Relative to the size of the values, so that e^{-100} is not 0; to 50 digits (evaluated to
+    # 70), so that a rounded value like 1.414 is not \sqrt2, nor is 3 + \pi / 10^{40} 3.
+    error = abs(difference.evalf(70))
+    if error <= 1e-50 * max(abs(pred_value.evalf(70)), abs(gold_value.evalf(70))):
         return True
     # Near 0, evaluating cannot tell a tiny value from a zero that does not cancel exactly
     # (\sqrt{3+2\sqrt2}-1-\sqrt2 against 0): ask sympy for a proof.
-    return bool(error < 1e-30) and difference.equals(0) is True
+    return bool(error < 1e-50) and difference.equals(0) is True
 
 
 def _serve_worker(timeout_seconds: float, memory_mb: int) -> None:
@@ -568,14 +594,49 @@ def is_equiv(pred: str | None, gold: str | None, backend: str = "builtin") -> bo
     return _compare_in_worker("builtin", pred, gold)
 
 
-def math_reward(completion: str | None, gold: str) -> float:
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+
+
+def _form(answer: str, other: str) -> str:
+    """How an answer is written, beyond normalize_answer: no `x=` (unless `other` is an
+    equation too), no braces, no spaces; two answers of one form say the same thing the same way."""
+    text = normalize_answer(answer)
+    if "=" not in other and r"\in" not in other:
+        text = _ASSIGNMENT.sub("", text)
+    if re.fullmatch(_NUMBER, text):  # 6, 6.0 and 06 are one way of writing six; \frac{12}{2} another
+        return f"decimal {Fraction(text)}"
+    return re.sub(r"[{}\s]", "", text)
+
+
+def restates_question(answer: str, gold: str, question: str) -> bool:
+    r"""Whether `answer` is an expression of the question, copied unworked, and written otherwise
+    than `gold`: `\sqrt{242}` for "Simplify $\sqrt{242}$." (gold `11\sqrt2`) has the right value
+    and does not answer. Value checks accept it; a policy under training soon finds that.
+
+    >>> restates_question(r"\sqrt{242}", r"11\sqrt2", r"Simplify $\sqrt{242}$.")
+    True
+    >>> restates_question("5", "5", "If $x = 5$, what is $x$?"), restates_question("6", "6.0", "Add $6$ and $0$.")
+    (False, False)
+    """
+    form = _form(answer, gold)
+    if form == _form(gold, answer):
+        return False
+    return any(form == _form(next(filter(None, span.groups())), gold) for span in _MATH_SPAN.finditer(question))
+
+
+def math_reward(completion: str | None, gold: str, question: str | None = None) -> float:
     r"""1.0 when the final answer of `completion` equals `gold`, else 0.0 (also without an answer).
+    With the `question`, an answer that only restates one of its expressions gets 0.0
+    (`restates_question`).
 
     >>> math_reward(r"... so $x = \boxed{5}$.", "5"), math_reward("I give up.", "5")
     (1.0, 0.0)
+    >>> math_reward(r"$\boxed{99^2+99+1}$", "9901"), math_reward(r"$\boxed{99^2+99+1}$", "9901", "Compute $99^2+99+1$.")
+    (1.0, 0.0)
     """
     answer = extract_answer(completion)
-    return float(answer is not None and is_equiv(answer, gold))
+    return float(answer is not None and is_equiv(answer, gold)
+                 and not (question and restates_question(answer, gold, question)))
 
 
 def _agreement(math500_path: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import data
 import verify
 from verify import extract_answer, gold_answer, is_equiv, math_reward, normalize_answer
 
@@ -78,6 +79,12 @@ EQUIVALENCES = [
     (r"-\infty", "-inf", True),
     (r"(-\infty, 3]", "(-inf,3]", True),
     (r"(0,+\infty)", r"(0,\infty)", True),
+    (r"\frac{\sqrt{x}}{2}", r"\frac12\sqrt{x}", True),
+    ("x^{1/2}", r"\sqrt{x}", True),
+    ("1{,}000", "1000", True),
+    (r"10\,000", "10000", True),
+    ("1 000 000", "1000000", True),
+    (r"10 \text{ square units}", "10", True),
     ("2/3", "2", False),
     (r"4\sqrt{2}", "4", False),
     ("1-1/e", "1+1/e", False),
@@ -110,6 +117,24 @@ EQUIVALENCES = [
     (r"\text{ab}", r"\text{ba}", False),  # words are not products of symbols
     ("52_8", "528", False),  # base 8
     ("52_8", "52_9", False),
+    # a unit is a unit, not a word that changes the number
+    (r"5 \text{ or more}", "5", False),
+    (r"3 \text{ million}", "3", False),
+    (r"\text{Evelyn}\text{ or Navin}", r"\text{Evelyn}", False),
+    # constants agree to 50 digits, not 30
+    (r"3 + \frac{\pi}{10^{40}}", "3", False),
+    (r"2^{128}+\sqrt{2}", "2^{128}", False),
+    (r"\sqrt{9.000000000000000000000000000000001}", "3", False),
+    # numbers side by side stay two numbers
+    ("3, 500", "3500", False),
+    ("3 5", "35", False),
+    ("3 5", "15", False),
+    (r"2\;3", "23", False),
+    (r"5^\circ 2", "52", False),
+    # a choice letter is no constant; shapes and kinds of collections count
+    ("e", r"\text{(E)}", False),
+    (r"\begin{pmatrix}1\\2&3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", False),
+    (r"(2,32)\cup(8,18)", "(2,32), (8,18)", False),
     ("5", "", False),
     ("", "5", False),
     (None, "5", False),
@@ -152,6 +177,36 @@ def test_math_reward():
     assert math_reward(r"We find $x = \boxed{\dfrac{3}{4}}$.", "0.75") == 1.0
     assert math_reward(r"We find $x = \boxed{\dfrac{3}{5}}$.", "0.75") == 0.0
     assert math_reward("no idea", "0.75") == 0.0
+
+
+def test_an_expression_copied_from_the_question_earns_nothing():
+    question = r"Compute $513^2 - 487^2$."
+    assert math_reward(r"$\boxed{513^2 - 487^2}$", "26000") == 1.0  # the value is right
+    assert math_reward(r"$\boxed{513^2 - 487^2}$", "26000", question) == 0.0
+    assert math_reward(r"$\boxed{26,\!000}$", "26000", question) == 1.0
+    assert math_reward(r"$x = \boxed{3}$", "3", "Solve $x = 3$ for $x$.") == 1.0  # the gold's own form
+    assert math_reward(r"$\boxed{\frac{3}{20}}$", "0.15", r"Write $\frac{3}{20}$ as a decimal.") == 0.0
+    assert math_reward(r"$\boxed{6}$", "6.0", "Add $6$ and $0$.") == 1.0  # numbers: one form
+    examples = [{"question": question, "answer": "26000"}] * 2
+    assert data.rewards(examples, [r"\boxed{513^2 - 487^2}", r"\boxed{26000}"]) == [0.0, 1.0]
+
+
+def test_math500_copied_expressions_fail_and_solutions_pass(shared_data):
+    rows = read_jsonl(shared_data / "math500" / "test.jsonl")
+    # every math span of every problem that has the gold's value, boxed as the answer
+    copies = [(f"$\\boxed{{{span}}}$", row["answer"], row["problem"]) for row in rows
+              for span in re.findall(r"\$([^$]+)\$", row["problem"])
+              if math_reward(f"$\\boxed{{{span}}}$", row["answer"]) == 1.0]
+    restated = [copy for copy in copies if math_reward(*copy) == 0.0]
+    print(f"{len(restated)} of {len(copies)} copied expressions with the gold's value earn nothing")
+    assert len(copies) >= 25 and len(restated) >= len(copies) - 2  # two are written as the gold is
+    assert all(math_reward(row["solution"], row["answer"], row["problem"]) == 1.0 for row in rows)
+
+
+def test_python_builtins_are_never_evaluated():
+    for code in ("input()", "exit()", "print(3)", "open(1)"):
+        with pytest.raises(ValueError, match="refusing"):
+            verify._to_sympy(code)
 
 
 def test_math_verify_backend():
@@ -241,15 +296,16 @@ def test_math500_rewrites(shared_data):
     assert unequal_wrong == []
 
 
-@pytest.mark.parametrize("folder, field", [
-    ("amc23", "answer"), ("aime24", "answer"), ("minerva_math", "solution"),
-    ("olympiadbench", "final_answer"),
+@pytest.mark.parametrize("folder, field, question_field", [
+    ("amc23", "answer", "problem"), ("aime24", "answer", "problem"), ("minerva_math", "solution", "problem"),
+    ("olympiadbench", "final_answer", "question"),
 ])
-def test_other_benchmark_gold_answers(shared_data, folder, field):
-    golds = [gold_answer(row[field]) for row in read_jsonl(shared_data / folder / "test.jsonl")]
+def test_other_benchmark_gold_answers(shared_data, folder, field, question_field):
+    rows = read_jsonl(shared_data / folder / "test.jsonl")
+    golds = [gold_answer(row[field]) for row in rows]
     assert all(golds)
-    for gold in golds:
-        assert math_reward(f"Hence the answer is $\\boxed{{{gold}}}$.", gold) == 1.0, gold
+    for gold, row in zip(golds, rows):
+        assert math_reward(f"Hence the answer is $\\boxed{{{gold}}}$.", gold, row[question_field]) == 1.0, gold
         if changed := one_number_changed(gold):
             assert math_reward(f"Hence the answer is $\\boxed{{{changed}}}$.", gold) == 0.0, gold
 
