@@ -641,6 +641,8 @@ def math_reward(completion: str | None, gold: str, question: str | None = None) 
 
 def _agreement(math500_path: str) -> None:
     """Print how often the two backends agree on MATH-500 (the README's "Answer checking")."""
+    if importlib.util.find_spec("math_verify") is None:
+        raise SystemExit("--agreement compares with math-verify: `pip install math-verify` first.")
     with open(math500_path) as lines:
         rows = [json.loads(line) for line in lines]
     cases = {"answer from the solution": [], "$\\dfrac$ and spaces": [], "one number changed": []}

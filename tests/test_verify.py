@@ -221,6 +221,12 @@ def test_math_verify_backend_missing(monkeypatch):
         is_equiv("1", "1", backend="math_verify")
 
 
+def test_agreement_without_math_verify_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(SystemExit, match="pip install math-verify"):
+        verify._agreement(str(tmp_path / "math500.jsonl"))
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="builtin"):
         is_equiv("1", "1", backend="wolfram")
