@@ -1,5 +1,7 @@
 """The built-in demo task: generator, step checker (the oracle), tokenizer and the baby model's
-cache. No real warm start here: that takes minutes; the cache is tested with a tiny one."""
+cache. No real warm start here (that takes minutes): the cache is tested with a tiny one, and the
+pinned thread count with three steps of the real size."""
+import dataclasses
 import random
 
 import pytest
@@ -167,6 +169,22 @@ def test_baby_model_is_cached_and_not_retrained(tmp_path, monkeypatch):
     monkeypatch.setenv("RESETS_CACHE", str(tmp_path))
     toy.load_baby_model(settings=TINY)  # the environment variable points at the same cache
     assert toy.cache_key(TINY) != toy.cache_key(toy.BabySettings())
+
+
+def test_warm_start_gives_the_same_model_whatever_the_callers_threads():
+    # Three steps of the real model's size: on 1 and 2 threads, unpinned, they already differ.
+    settings = dataclasses.replace(toy.BabySettings(), sft_steps=3)
+    callers = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            weights.append(toy.warm_start(settings)[0].state_dict())
+            assert torch.get_num_threads() == threads  # given back
+    finally:
+        torch.set_num_threads(callers)
+    for name, weight in weights[0].items():
+        assert torch.equal(weight, weights[1][name]), name
 
 
 def test_interrupted_warm_start_leaves_no_cache(tmp_path, monkeypatch):
