@@ -30,6 +30,9 @@ MAX_DIRECTORY_BYTES = 16 << 20  # with namespaces: what its working directory, /
 # False, with a warning, the first time the machine refuses them; the other limits still apply.
 NAMESPACES = True
 NAMESPACES_REFUSED = 3  # the supervisor's exit status when it cannot set the namespaces up
+# Per architecture, its seccomp name and the numbers of the kernel keyring calls (add_key,
+# request_key, keyctl), which every program is refused
+KEYRING_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)), "aarch64": (0xC00000B7, (217, 218, 219))}
 
 
 class Verdict(NamedTuple):
@@ -112,6 +115,7 @@ import itertools, functools, operator, io, sys, json
 sys.setrecursionlimit(50000)
 """
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUSER = 0x20000, 0x8000000, 0x10000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
@@ -205,12 +209,42 @@ def private_directories():
     directory, /tmp and /dev/shm are empty tmpfs of bounded size. They vanish with its last process:
     nothing it writes outlives the test or reaches another program."""
     checked(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare")
+    # A new IPC namespace has System V limits of no practical size: a program could hold gigabytes
+    # of shared memory or message queues, beyond its address space. Bound them as a directory, where
+    # the kernel lets a namespace set its own (older kernels refuse it in a user namespace).
+    page = os.sysconf("SC_PAGE_SIZE")
+    for name, value in [("shmmax", job["max_directory_bytes"]), ("shmall", job["max_directory_bytes"] // page),
+                        ("shmmni", 16), ("msgmni", 16), ("msgmnb", 1 << 16), ("sem", "32 256 32 16")]:
+        try:
+            with open(f"/proc/sys/kernel/{name}", "w") as limit:
+                limit.write(f"{value}\n")
+        except OSError:
+            pass
     owner = sandbox_uid or 0  # else uid 0 of its user namespace
     for path, mode, uid in [("/tmp", "1777", 0), ("/dev/shm", "1777", 0), (workdir, "700", owner)]:
         os.makedirs(path, exist_ok=True)  # the working directory lies in the new /tmp, usually
         size = f"size={job['max_directory_bytes']},nr_inodes=1024"
         mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"{size},mode={mode},uid={uid},gid={uid}")
     os.chdir(workdir)
+
+
+def refuse_keyrings():
+    """Make the kernel's keyring calls fail (EPERM) for this process and all it starts. Keyrings
+    belong to a uid, not to a namespace: a key one program adds would outlive it and could carry
+    answers to the next. Nothing in Python uses them. Calls of another architecture's ABI (i386 on
+    x86_64) fail too. On an architecture not in KEYRING_SYSCALLS, nothing is filtered."""
+    if os.uname().machine not in job["keyring_syscalls"]:
+        return
+    arch, numbers = job["keyring_syscalls"][os.uname().machine]
+    load_arch, load_number = (0x20, 0, 0, 4), (0x20, 0, 0, 0)  # BPF_LD|BPF_W|BPF_ABS of seccomp_data
+    clear_x32 = (0x54, 0, 0, 0xBFFFFFFF)  # BPF_ALU|BPF_AND|BPF_K: x32 calls are numbers + 2^30
+    allow, deny = (0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050000 | 1)  # BPF_RET: ALLOW, ERRNO(EPERM)
+    tests = [(0x15, len(numbers) - i, 0, number) for i, number in enumerate(numbers)]  # BPF_JEQ: to deny
+    program = [load_arch, (0x15, 1, 0, arch), deny, load_number, clear_x32, *tests, allow, deny]
+    filters = (ctypes.c_uint64 * len(program))(*[code | jt << 16 | jf << 24 | k << 32 for code, jt, jf, k in program])
+    fprog = struct.pack("HP", len(program), ctypes.addressof(filters))
+    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # what a filter needs without CAP_SYS_ADMIN
+    checked(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(fprog), 0, 0), "seccomp")
 
 
 def drop_capabilities():
@@ -445,6 +479,7 @@ else:
         max_processes = processes_of(os.getuid()) + job["max_processes"]  # RLIMIT_NPROC counts them all
 if sandbox_uid is not None:
     kill_sandbox_uid()  # checks the switch works, and clears what a crashed predecessor left
+refuse_keyrings()
 # What the prelude uses, imported once rather than in every child (and after the fork above).
 import bisect, collections, copy, datetime, functools, heapq, io, itertools, math, operator, random
 import re, statistics, string, typing
@@ -498,7 +533,7 @@ def run_tests(program: str, tests: list[dict], timeout_s: float = 2.0, memory_mb
         "timeout_s": timeout_s, "memory_mb": memory_mb, "max_output_bytes": MAX_OUTPUT_BYTES,
         "max_open_files": MAX_OPEN_FILES, "max_directory_bytes": MAX_DIRECTORY_BYTES,
         "max_processes": MAX_PROCESSES, "sandbox_uid_base": SANDBOX_UID_BASE,
-        "namespaces": NAMESPACES, "namespaces_refused": NAMESPACES_REFUSED,
+        "namespaces": NAMESPACES, "namespaces_refused": NAMESPACES_REFUSED, "keyring_syscalls": KEYRING_SYSCALLS,
     }
     results, returncode, stderr = _supervise(job, tests, timeout_s, stop_at_first_failure)
     if job["namespaces"] and returncode == NAMESPACES_REFUSED:

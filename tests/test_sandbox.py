@@ -133,6 +133,37 @@ def test_files_do_not_outlive_a_test_or_reach_another_program():
     assert not any(os.path.lexists(f"{directory}/{marker}") for directory in ("/tmp", "/dev/shm"))
 
 
+@needs_namespaces
+def test_system_v_shared_memory_and_message_queues_are_bounded_as_a_directory():
+    program = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "sizes = (sandbox_bytes // 2, 200 << 20)\n"
+        "print([libc.shmget(0, size, 0o1600) >= 0 for size in sizes], sum(libc.msgget(0, 0o1600) >= 0 for _ in range(100)))\n"
+    ).replace("sandbox_bytes", str(sandbox.MAX_DIRECTORY_BYTES))
+    # a new IPC namespace alone would allow both segments and 100 queues
+    assert printed(program, memory_mb=64) == "[True, False] 16\n"
+
+
+def test_kernel_keyrings_are_refused(isolation):
+    # Keyrings belong to a uid, not to a namespace: a key would outlive the program and could pass
+    # answers to the next one that runs under the same uid or can read it.
+    if os.uname().machine not in sandbox.KEYRING_SYSCALLS:
+        pytest.skip("no keyring filter on this architecture")
+    add_key, request_key, keyctl = sandbox.KEYRING_SYSCALLS[os.uname().machine][1]
+    program = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "results = []\n"
+        f"results.append(libc.syscall({add_key}, b'user', b'answer:21', b'42', 2, -4))\n"  # into the user keyring
+        "results.append(ctypes.get_errno())\n"
+        f"results.append(libc.syscall({keyctl}, 0, -4, 0))\n"  # KEYCTL_GET_KEYRING_ID of the user keyring
+        "results.append(ctypes.get_errno())\n"
+        "print(results)\n"
+    )
+    assert printed(program) == "[-1, 1, -1, 1]\n"  # EPERM, twice
+
+
 # ---------------------------------------------------------------------------------------------
 # Correct programs work wherever Python lives
 # ---------------------------------------------------------------------------------------------
