@@ -146,17 +146,19 @@ def normalize_answer(answer: str) -> str:
     '1234'
     """
     text = re.sub(r"\\\$|\$", "", answer).replace("{,}", ",")
-    spaced_comma = re.search(r"\d,\s+\d", text)  # `3, 500` is two numbers, not 3500
     text = re.sub(r"\\(?:left|right)(?:\.|(?![a-zA-Z]))", "", text)  # `\right.`: no bracket
     text = re.sub(r"\\[dt]frac", r"\\frac", text)
-    # thin spaces (not the `\\` of a new row): none in `10\,000` or `10,\!080`, else a space
+    # thin spaces (not the `\\` of a new row) go, but two digits stay apart unless the second
+    # starts a group of three (`10\,000`, and `10,\!080` as MATH writes thousands)
     thin_space = r"(?<!\\)\\[,!;: ]"
-    text = re.sub(rf"(?<=[\d,]){thin_space}(?=\d{{3}}(?!\d))", "", text)
-    text = re.sub(thin_space, " ", text)
+    text = re.sub(rf"(?<=\d){thin_space}(?=\d{{3}}(?!\d))|(?<=\d,)\\!(?=\d{{3}}(?!\d))", "", text)
+    text = re.sub(rf"(?<=\d){thin_space}(?=\d)|(?<=\d,){thin_space}(?=\d)", " ", text)  # `100,\ 200` is a list
+    text = re.sub(rf"(\\[a-zA-Z]+)?{thin_space}", lambda match: f"{match[1]} " if match[1] else "", text)  # `\pi\,r`
+    spaced_comma = re.search(r"\d,\s+\d", text)  # `3, 500` is two numbers, not 3500
     # (a space in their place too, so that `5^\circ 2` does not become 52)
     text = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|°|\\%|%", " ", text)
     # `\text{ cm}^2` after a value is a unit; a whole `\text{east}` is the answer itself; and
-    # `5 \text{ or more}` or `3 \text{ million}` is not 5 or 3
+    # `5 \text{ or more}` is not 5
     unit = r"\\(?:text|mbox|mathrm)\{([a-zA-Z ]*)\}(?:\^\{?\d\}?)?"
     text = re.sub(rf"(?<=\S)\s*{unit}\s*\.?\s*$",
                   lambda match: match[0] if _NOT_UNITS & set(match[1].lower().split()) else "", text)
@@ -180,12 +182,12 @@ def normalize_answer(answer: str) -> str:
     return text
 
 
-# words that change what a number after them means, so a `\text{...}` that holds one is no unit
-_NOT_UNITS = {"or", "and", "nor", "not", "no", "none", "is", "are", "wrong", "incorrect", "false", "impossible",
-              "more", "less", "fewer", "than", "least", "most", "at", "over", "under", "about", "approximately",
-              "almost", "nearly", "plus", "minus", "times", "squared", "cubed", "half", "quarter", "dozen",
-              "dozens", "hundred", "hundreds", "thousand", "thousands", "million", "millions", "billion",
-              "billions", "trillion", "trillions", "except", "only", "to", "between", "either", "neither"}
+# words that make a number after them something else than that number: a range (`5 \text{ or
+# more}`, `\text{ at least}`), an alternative (`\text{ or Navin}`), a denial, a rough value. Other
+# words are units, multipliers included: `3 \text{ dozen}` answers "how many dozen"
+_NOT_UNITS = {"or", "nor", "not", "no", "none", "neither", "either", "except", "least", "most", "wrong",
+              "incorrect", "false", "impossible", "approximately", "about", "around", "nearly", "almost",
+              "roughly", "plus", "minus", "and"}
 
 _NUMBER = r"-?(?:\d+\.?\d*|\.\d+)"
 _DIGIT_OR_BRACED_DIGITS = r"(\d|\{\d+\})"
@@ -597,15 +599,10 @@ def is_equiv(pred: str | None, gold: str | None, backend: str = "builtin") -> bo
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
 
 
-def _form(answer: str, other: str) -> str:
-    """How an answer is written, beyond normalize_answer: no `x=` (unless `other` is an
-    equation too), no braces, no spaces; two answers of one form say the same thing the same way."""
-    text = normalize_answer(answer)
-    if "=" not in other and r"\in" not in other:
-        text = _ASSIGNMENT.sub("", text)
-    if re.fullmatch(_NUMBER, text):  # 6, 6.0 and 06 are one way of writing six; \frac{12}{2} another
-        return f"decimal {Fraction(text)}"
-    return re.sub(r"[{}\s]", "", text)
+def _form(answer: str) -> str:
+    """How an answer is written, beyond normalize_answer: no `x=`, no braces, no spaces; two
+    answers of one form say the same thing the same way."""
+    return re.sub(r"[{}\s]", "", _ASSIGNMENT.sub("", normalize_answer(answer)))
 
 
 def restates_question(answer: str, gold: str, question: str) -> bool:
@@ -613,15 +610,19 @@ def restates_question(answer: str, gold: str, question: str) -> bool:
     than `gold`: `\sqrt{242}` for "Simplify $\sqrt{242}$." (gold `11\sqrt2`) has the right value
     and does not answer. Value checks accept it; a policy under training soon finds that.
 
+    A plain number of the question is not an expression: it may be the answer as it stands (a
+    probability given in the question), and a check by value cannot tell which form a question
+    asks for (`\frac{3}{20}` for "Write $\frac{3}{20}$ as a decimal" still passes).
+
     >>> restates_question(r"\sqrt{242}", r"11\sqrt2", r"Simplify $\sqrt{242}$.")
     True
-    >>> restates_question("5", "5", "If $x = 5$, what is $x$?"), restates_question("6", "6.0", "Add $6$ and $0$.")
+    >>> restates_question("5", "5", "If $x = 5$, what is $x$?"), restates_question("0.5", r"\frac12", "Add $0.5$.")
     (False, False)
     """
-    form = _form(answer, gold)
-    if form == _form(gold, answer):
+    form = _form(answer)
+    if form == _form(gold) or _to_fraction(_ASSIGNMENT.sub("", normalize_answer(answer))) is not None:
         return False
-    return any(form == _form(next(filter(None, span.groups())), gold) for span in _MATH_SPAN.finditer(question))
+    return any(form == _form(next(filter(None, span.groups()))) for span in _MATH_SPAN.finditer(question))
 
 
 def math_reward(completion: str | None, gold: str, question: str | None = None) -> float:
