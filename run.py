@@ -237,7 +237,7 @@ def train_and_eval_examples(cfg, rank: int) -> tuple[list[dict], list[dict]]:
     if cfg.eval_dataset or data.has_test_split(cfg.dataset):
         eval_name = cfg.eval_dataset or cfg.dataset
         eval_examples = load_examples(eval_name, False, cfg)[:cfg.eval_size] if cfg.eval_size else []
-        source = f"'{cfg.eval_dataset}'" if cfg.eval_dataset else f"the test split of '{cfg.dataset}'"
+        source = f"problems of '{cfg.eval_dataset}'" if cfg.eval_dataset else f"problems of the test split of '{cfg.dataset}'"
     else:
         order = random.Random("held-out").sample(range(len(train_examples)), len(train_examples))
         held_out = set(order[:min(cfg.eval_size, len(train_examples) // 2)])

@@ -537,14 +537,16 @@ def test_a_dataset_without_a_test_split_gets_a_held_out_slice(tmp_path, capsys):
     train, held_out = run.train_and_eval_examples(grpo.Config(dataset=str(data), eval_size=3, seed=1), rank=0)
     assert len(train) == 5 and len(held_out) == 3
     assert not {ex["question"] for ex in train} & {ex["question"] for ex in held_out}
-    assert "Training on 5 problems" in capsys.readouterr().out
+    assert "Training on 5 problems of" in capsys.readouterr().out
     # the same slice for every seed
     assert run.train_and_eval_examples(grpo.Config(dataset=str(data), eval_size=3, seed=7), rank=0)[1] == held_out
     # asked for on purpose: the overlap is counted
     run.train_and_eval_examples(grpo.Config(dataset=str(data), eval_dataset=str(data), eval_size=3), rank=0)
-    assert "3 training problems are also evaluated on" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 training problems are also evaluated on" in out and f"evaluating on 3 problems of '{data}'." in out
 
 
-def test_toy_training_never_sees_an_evaluation_problem():
+def test_toy_training_never_sees_an_evaluation_problem(capsys):
     train, held_out = run.train_and_eval_examples(grpo.Config(eval_size=500), rank=0)
+    assert "evaluating on 500 problems of the test split of 'toy'." in capsys.readouterr().out
     assert not {ex["question"] for ex in train} & {ex["question"] for ex in held_out}
