@@ -220,6 +220,8 @@ def private_directories():
                 limit.write(f"{value}\n")
         except OSError:
             pass
+    # In a user namespace the program is uid 0 there, which may write these limits back: read-only
+    bind_read_only("/proc/sys", "/proc/sys")
     owner = sandbox_uid or 0  # else uid 0 of its user namespace
     for path, mode, uid in [("/tmp", "1777", 0), ("/dev/shm", "1777", 0), (workdir, "700", owner)]:
         os.makedirs(path, exist_ok=True)  # the working directory lies in the new /tmp, usually

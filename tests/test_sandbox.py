@@ -261,3 +261,31 @@ def test_a_trainer_that_is_not_root_gets_namespaces_too():
     output, namespaces = json.loads(result.stdout)
     assert namespaces, result.stderr
     assert output == f"0 False\n{sandbox.MAX_PROCESSES} processes\n"  # uid 0 of its own user namespace
+
+
+@pytest.mark.skipif(not (AS_ROOT and shutil.which("setpriv") and SYSTEM_PYTHON and anyone_can_run(SYSTEM_PYTHON)),
+                    reason="needs root, setpriv and a python3 that another user can run")
+def test_a_program_cannot_raise_its_system_v_limits_again_in_a_user_namespace():
+    # uid 0 of a user namespace owns its IPC namespace's limits, unless /proc/sys is read-only
+    with tempfile.TemporaryDirectory() as public:
+        os.chmod(public, 0o755)
+        shutil.copy(REPO / "sandbox.py", public)
+        program = (
+            "try:\n"
+            "    open('/proc/sys/kernel/msgmni', 'w').write('32000')\n"
+            "except OSError as error:\n"
+            "    print(type(error).__name__)\n"
+            "print(open('/proc/sys/kernel/msgmni').read().strip())\n"
+        )
+        script = (
+            "import json, sandbox\n"
+            "reports = []\n"
+            "sandbox._judge = lambda test, report: reports.append(report) or sandbox.Verdict(True, '')\n"
+            f"sandbox.run_tests({program!r}, [{{'input': '', 'output': ''}}], timeout_s=1)\n"
+            "print(json.dumps([reports[0]['output'], sandbox.NAMESPACES]))\n"
+        )
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON,
+                                 "-c", script], cwd=public, capture_output=True, text=True, timeout=120)
+    output, namespaces = json.loads(result.stdout)
+    assert namespaces, result.stderr
+    assert output == "OSError\n16\n"
