@@ -374,6 +374,9 @@ def latex_to_sympy(latex: str) -> str:
     return "".join(out)
 
 
+_BUILTIN_NAMES = frozenset(vars(builtins))
+
+
 def _to_sympy(latex: str):
     """A sympy expression for a normalized LaTeX expression; an equation `a=b` becomes `a-b`."""
     from sympy import E, I
@@ -388,7 +391,7 @@ def _to_sympy(latex: str):
         # parse_expr calls eval(): let through only names, numbers, operators and brackets, and
         # no Python builtin (`input()` would wait for the timeout, `exit()` end the worker)
         if (not re.fullmatch(r"[\w\s+\-*/().,!]*", code) or re.search(r"__|\.(?!\d)", code)
-                or set(re.findall(r"[a-zA-Z_]\w*", code)) & set(vars(builtins))):
+                or set(re.findall(r"[a-zA-Z_]\w*", code)) & _BUILTIN_NAMES):
             raise ValueError(f"refusing to evaluate {code!r}")
         if re.search(r"\d\s+\.?\d", code):  # `3 5` is no product in LaTeX
             raise ValueError(f"two numbers side by side in {code!r}")

@@ -139,7 +139,8 @@ def test_system_v_shared_memory_and_message_queues_are_bounded_as_a_directory():
         "import ctypes\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "sizes = (sandbox_bytes // 2, 200 << 20)\n"
-        "print([libc.shmget(0, size, 0o1600) >= 0 for size in sizes], sum(libc.msgget(0, 0o1600) >= 0 for _ in range(100)))\n"
+        "queues = sum(libc.msgget(0, 0o1600) >= 0 for _ in range(100))\n"
+        "print([libc.shmget(0, size, 0o1600) >= 0 for size in sizes], queues)\n"
     ).replace("sandbox_bytes", str(sandbox.MAX_DIRECTORY_BYTES))
     # a new IPC namespace alone would allow both segments and 100 queues
     assert printed(program, memory_mb=64) == "[True, False] 16\n"
@@ -230,25 +231,17 @@ def anyone_can_run(path: str) -> bool:
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 
 
-@pytest.mark.skipif(not (AS_ROOT and shutil.which("setpriv") and SYSTEM_PYTHON and anyone_can_run(SYSTEM_PYTHON)),
-                    reason="needs root, setpriv and a python3 in /usr/bin that anyone can run")
-def test_a_trainer_that_is_not_root_gets_namespaces_too():
-    # The trainer runs as nobody (uid 65534): the supervisor makes a user namespace of its own.
+as_another_user = pytest.mark.skipif(
+    not (AS_ROOT and shutil.which("setpriv") and SYSTEM_PYTHON and anyone_can_run(SYSTEM_PYTHON)),
+    reason="needs root, setpriv and a python3 in /usr/bin that anyone can run")
+
+
+def printed_as_nobody(program: str) -> str:
+    """What the program printed on one test, checked by a trainer that runs as nobody (uid 65534),
+    for which the supervisor makes a user namespace of its own."""
     with tempfile.TemporaryDirectory() as public:
         os.chmod(public, 0o755)
         shutil.copy(REPO / "sandbox.py", public)
-        program = (
-            "import os\n"
-            "print(os.getuid(), os.path.exists('/etc/passwd'))\n"
-            "n = 0\n"
-            "try:\n"
-            "    while True:\n"
-            "        if os.fork() == 0:\n"
-            "            __import__('time').sleep(5)\n"
-            "        n += 1\n"
-            "except OSError:\n"
-            "    print(n + 1, 'processes')\n"
-        )
         script = (
             "import json, sandbox\n"
             "reports = []\n"
@@ -260,32 +253,35 @@ def test_a_trainer_that_is_not_root_gets_namespaces_too():
                                  "-c", script], cwd=public, capture_output=True, text=True, timeout=120)
     output, namespaces = json.loads(result.stdout)
     assert namespaces, result.stderr
-    assert output == f"0 False\n{sandbox.MAX_PROCESSES} processes\n"  # uid 0 of its own user namespace
+    return output
 
 
-@pytest.mark.skipif(not (AS_ROOT and shutil.which("setpriv") and SYSTEM_PYTHON and anyone_can_run(SYSTEM_PYTHON)),
-                    reason="needs root, setpriv and a python3 that another user can run")
+@as_another_user
+def test_a_trainer_that_is_not_root_gets_namespaces_too():
+    program = (
+        "import os\n"
+        "print(os.getuid(), os.path.exists('/etc/passwd'))\n"
+        "n = 0\n"
+        "try:\n"
+        "    while True:\n"
+        "        if os.fork() == 0:\n"
+        "            __import__('time').sleep(5)\n"
+        "        n += 1\n"
+        "except OSError:\n"
+        "    print(n + 1, 'processes')\n"
+    )
+    # uid 0 of its own user namespace
+    assert printed_as_nobody(program) == f"0 False\n{sandbox.MAX_PROCESSES} processes\n"
+
+
+@as_another_user
 def test_a_program_cannot_raise_its_system_v_limits_again_in_a_user_namespace():
     # uid 0 of a user namespace owns its IPC namespace's limits, unless /proc/sys is read-only
-    with tempfile.TemporaryDirectory() as public:
-        os.chmod(public, 0o755)
-        shutil.copy(REPO / "sandbox.py", public)
-        program = (
-            "try:\n"
-            "    open('/proc/sys/kernel/msgmni', 'w').write('32000')\n"
-            "except OSError as error:\n"
-            "    print(type(error).__name__)\n"
-            "print(open('/proc/sys/kernel/msgmni').read().strip())\n"
-        )
-        script = (
-            "import json, sandbox\n"
-            "reports = []\n"
-            "sandbox._judge = lambda test, report: reports.append(report) or sandbox.Verdict(True, '')\n"
-            f"sandbox.run_tests({program!r}, [{{'input': '', 'output': ''}}], timeout_s=1)\n"
-            "print(json.dumps([reports[0]['output'], sandbox.NAMESPACES]))\n"
-        )
-        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", SYSTEM_PYTHON,
-                                 "-c", script], cwd=public, capture_output=True, text=True, timeout=120)
-    output, namespaces = json.loads(result.stdout)
-    assert namespaces, result.stderr
-    assert output == "OSError\n16\n"
+    program = (
+        "try:\n"
+        "    open('/proc/sys/kernel/msgmni', 'w').write('32000')\n"
+        "except OSError as error:\n"
+        "    print(type(error).__name__)\n"
+        "print(open('/proc/sys/kernel/msgmni').read().strip())\n"
+    )
+    assert printed_as_nobody(program) == "OSError\n16\n"
