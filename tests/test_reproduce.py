@@ -23,8 +23,28 @@ def write_run(folder, evals, tokens_per_step=100, rollouts_per_step=64, extra=No
 def test_interval_is_the_t_interval_by_hand():
     mean, half = reproduce.interval([0.1, 0.2, 0.3, 0.4, 0.5])
     sd = math.sqrt(sum((x - 0.3) ** 2 for x in [0.1, 0.2, 0.3, 0.4, 0.5]) / 4)
-    assert mean == pytest.approx(0.3) and half == pytest.approx(2.78 * sd / math.sqrt(5))
+    assert mean == pytest.approx(0.3) and half == pytest.approx(2.776 * sd / math.sqrt(5))
     assert reproduce.interval([0.7]) == (0.7, 0.0)
+
+
+def t_quantile_by_integration(df: int, p: float = 0.975) -> float:
+    """Student t's p-quantile from its density, integrated by Simpson's rule and bisected."""
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def cdf(x: float, n: int = 2000) -> float:  # 0.5 + the integral of the density from 0 to x
+        h = x / n
+        f = [math.exp(log_c - (df + 1) / 2 * math.log1p((i * h) ** 2 / df)) for i in range(n + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    low, high = 0.0, 20.0
+    for _ in range(50):
+        low, high = ((low + high) / 2, high) if cdf((low + high) / 2) < p else (low, (low + high) / 2)
+    return low
+
+
+@pytest.mark.parametrize("df", [1, 4, 9, 19, 29, 30, 31, 45, 200])
+def test_t_quantile_matches_the_density(df):
+    assert reproduce.t95(df) == pytest.approx(t_quantile_by_integration(df), abs=1e-3)
 
 
 def test_horizon_stats_pairs_seeds_and_finds_the_target(tmp_path):
