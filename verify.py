@@ -599,7 +599,17 @@ def is_equiv(pred: str | None, gold: str | None, backend: str = "builtin") -> bo
     return _compare_in_worker("builtin", pred, gold)
 
 
-_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|(?<!\\)\$(.+?)(?<!\\)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+_DOLLAR = re.compile(r"(?<!\\)\$")
+_BRACKETED_MATH = re.compile(r"\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+
+
+def _math_spans(question: str) -> list[str]:
+    r"""Every stretch of `question` that may be math: between any two neighbouring unescaped `$`
+    (not only the ones that pair from the left, so that a currency sign, as in "costs $5.
+    Simplify $\sqrt{242}$.", does not hide the math after it), and inside `\(...\)`, `\[...\]`."""
+    between_dollars = _DOLLAR.split(question)[1:-1]
+    return [span for span in between_dollars if span.strip()] + [
+        next(filter(None, match.groups())) for match in _BRACKETED_MATH.finditer(question)]
 
 
 def _form(answer: str) -> str:
@@ -625,7 +635,7 @@ def restates_question(answer: str, gold: str, question: str) -> bool:
     form = _form(answer)
     if form == _form(gold) or _to_fraction(_ASSIGNMENT.sub("", normalize_answer(answer))) is not None:
         return False
-    return any(form == _form(next(filter(None, span.groups()))) for span in _MATH_SPAN.finditer(question))
+    return any(form == _form(span) for span in _math_spans(question))
 
 
 def math_reward(completion: str | None, gold: str, question: str | None = None) -> float:

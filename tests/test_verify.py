@@ -195,6 +195,11 @@ def test_an_expression_copied_from_the_question_earns_nothing():
     assert math_reward(r"$\boxed{\sqrt{242}}$", r"x = 11\sqrt2", r"Simplify $x = \sqrt{242}$.") == 0.0
     # a plain number of the question may be its answer
     assert math_reward(r"$\boxed{\frac{1}{2}}$", "0.5", r"Heads has probability $\frac{1}{2}$. And tails?") == 1.0
+    # a currency sign before the math does not hide it, nor \(...\) math
+    currency = r"A pen costs $5. Simplify $\sqrt{242}$, which is more than $15."
+    assert math_reward(r"$\boxed{\sqrt{242}}$", r"11\sqrt2", currency) == 0.0
+    assert math_reward(r"$\boxed{11\sqrt{2}}$", r"11\sqrt2", currency) == 1.0
+    assert math_reward(r"$\boxed{\sqrt{242}}$", r"11\sqrt2", r"Simplify \(\sqrt{242}\).") == 0.0
     examples = [{"question": question, "answer": "26000"}] * 2
     assert data.rewards(examples, [r"\boxed{513^2 - 487^2}", r"\boxed{26000}"]) == [0.0, 1.0]
 
