@@ -34,11 +34,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-METHODS = {  # name: (script, extra arguments)
-    "grpo": ("grpo.py", []),
-    "rrpo": ("rrpo.py", ["--reset", "random"]),
-    "srpo": ("srpo.py", ["--reset", "self"]),
-    "oracle": ("rrpo.py", ["--reset", "oracle"]),
+import torch
+
+METHODS = {  # name: (script, settings of its own)
+    "grpo": ("grpo.py", {}),
+    "rrpo": ("rrpo.py", {"reset": "random"}),
+    "srpo": ("srpo.py", {"reset": "self"}),
+    "oracle": ("rrpo.py", {"reset": "oracle"}),
 }
 RESET_METHODS = ["rrpo", "srpo", "oracle"]
 # Student t quantiles for a two-sided 95% interval, by degrees of freedom (beyond the table: the
@@ -60,22 +62,36 @@ def noise_method(noise: float) -> str:
     return f"oracle-noise{noise:g}"
 
 
-def run(method: str, horizon: int, seed: int, args) -> Path:
-    """One training run in a subprocess with one CPU thread; skipped when already complete, else
-    started afresh (--overwrite: an interrupted run's files are replaced, never appended to)."""
-    out = Path(args.out) / f"ops{horizon}" / f"{method}-seed{seed}"
-    if (out / f"checkpoint-{args.steps}").is_dir():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+def run_settings(method: str, horizon: int, seed: int, args) -> tuple[str, dict]:
+    """The script of one run of the sweep and the settings it passes, named as in the run's config."""
     if method.startswith("oracle-noise"):
-        script, extra = "rrpo.py", ["--reset", "oracle", "--oracle-noise", method.removeprefix("oracle-noise")]
+        script, extra = "rrpo.py", {"reset": "oracle", "oracle_noise": float(method.removeprefix("oracle-noise"))}
     else:
         script, extra = METHODS[method]
-    command = [sys.executable, str(Path(__file__).parent / script), "--model", args.model,
-               "--dataset", f"toy-{horizon}", "--out", str(out), "--seed", str(seed), "--steps", str(args.steps),
-               "--prompts-per-step", str(args.prompts_per_step), "--group-size", "8", "--lr", str(args.lr),
-               "--eval-every", str(args.eval_every), "--eval-size", str(args.eval_size),
-               "--save-every", str(args.steps), "--overwrite", *extra]
+    return script, {"model": args.model, "dataset": f"toy-{horizon}", "seed": seed, "steps": args.steps,
+                    "prompts_per_step": args.prompts_per_step, "group_size": 8, "lr": args.lr,
+                    "eval_every": args.eval_every, "eval_size": args.eval_size, "save_every": args.steps,
+                    **extra}
+
+
+def run(method: str, horizon: int, seed: int, args) -> Path:
+    """One training run in a subprocess with one CPU thread. A complete run of the same settings
+    is reused (an interrupted one is started afresh: --overwrite replaces its files, never appends
+    to them); a complete run of other settings stops the sweep, so results never mix settings."""
+    out = Path(args.out) / f"ops{horizon}" / f"{method}-seed{seed}"
+    script, settings = run_settings(method, horizon, seed, args)
+    if (out / f"checkpoint-{args.steps}").is_dir():
+        saved = torch.load(out / f"checkpoint-{args.steps}" / "trainer_state.pt", weights_only=False)["config"]
+        changed = {key: saved.get(key) for key, value in settings.items() if saved.get(key) != value}
+        if changed:
+            described = ", ".join(f"{key} {saved_value} there, {settings[key]} here"
+                                  for key, saved_value in changed.items())
+            raise SystemExit(f"'{out}' holds a run of other settings ({described}). Give this sweep "
+                             "its own --out, or delete that folder to run it again.")
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    flags = [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
+    command = [sys.executable, str(Path(__file__).parent / script), *flags, "--out", str(out), "--overwrite"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(out.parent / f"{out.name}.log", "w") as log:
         subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
@@ -112,8 +128,8 @@ def show(values: list[float], digits: int = 3) -> str:
 
 
 def first_reaching(curve, target: float):
-    """The first (rollouts, tokens) at which the accuracy reaches `target`, or None."""
-    return next(((rollouts, tokens) for rollouts, tokens, acc in curve if acc >= target), None)
+    """The first (rollouts, tokens) after step 0 at which the accuracy reaches `target`, or None."""
+    return next(((rollouts, tokens) for rollouts, tokens, acc in curve[1:] if acc >= target), None)
 
 
 def mean_metric(lines: list[dict], key: str) -> float | None:
@@ -140,7 +156,8 @@ def horizon_stats(runs: dict[str, dict[int, Path]]) -> dict:
     stats = {"start_acc": start, "target": target, "methods": {}}
     for method, by_seed in curves.items():
         paired = [seed for seed in by_seed if seed in grpo_final]
-        reached = [first_reaching(curve, target) for curve in by_seed.values()]
+        # a target at or below the start (GRPO did not improve) measures nothing: no run reaches it
+        reached = [first_reaching(curve, target) if target > start else None for curve in by_seed.values()]
         stats["methods"][method] = {
             "final": [curve[-1][2] for curve in by_seed.values()],
             "gain": [by_seed[seed][-1][2] - grpo_final[seed] for seed in paired],
@@ -165,7 +182,8 @@ def summarize(stats: dict, args) -> str:
     for horizon, h in stats["horizons"].items():
         lines += [f"### Chains of {horizon} operations: starting accuracy {h['start_acc']:.3f}", "",
                   f"Target for the rollouts-to-target columns: {h['target']:.3f} (halfway from the start to "
-                  "GRPO's final accuracy).", "",
+                  "GRPO's final accuracy)." if h["target"] > h["start_acc"] else
+                  "No target for the rollouts-to-target columns: GRPO's final accuracy is not above the start.", "",
                   "| method | final accuracy | gain over GRPO | mean-accuracy gain over training | rollouts to target "
                   "| generated tokens to target | tokens per rollout | reset step = first error | "
                   "correction from a clean prefix |",
@@ -250,7 +268,7 @@ def plot(stats: dict, out: Path) -> bool:
     return True
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 8 steps, 200 eval problems, 2 horizons")
     parser.add_argument("--model", default="toy", choices=["toy", "toy-hard"], help="the baby model")
@@ -267,11 +285,20 @@ def main():
                         help="horizon of the noise sweep; default: the longest")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--out", default="runs/reproduce", help="output folder")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.steps, args.eval_size, args.eval_every = args.seeds[:1], 8, 200, 4
         args.horizons, args.oracle_noise = [args.horizons[0], args.horizons[-1]], args.oracle_noise[:1]
+    args.horizons, args.seeds = list(dict.fromkeys(args.horizons)), list(dict.fromkeys(args.seeds))
     args.noise_horizon = args.noise_horizon or max(args.horizons)
+    if args.oracle_noise and args.noise_horizon not in args.horizons:
+        parser.error(f"--noise-horizon {args.noise_horizon} is not one of --horizons {args.horizons}: the blurred "
+                     "oracle is compared with GRPO's runs at its horizon, so add it to --horizons.")
+    return args
+
+
+def main():
+    args = parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     import toy
 

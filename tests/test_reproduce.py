@@ -80,3 +80,58 @@ def test_a_target_never_reached_is_left_out_and_counted(tmp_path):
     report = reproduce.summarize({"horizons": {"3": stats}}, type("Args", (), {
         "model": "toy", "steps": 2, "prompts_per_step": 8, "lr": 1e-4, "seeds": [0], "eval_size": 500})())
     assert "| rrpo | 0.300 | -0.300 |" in report and "(0/1)" in report
+
+
+def test_a_target_at_or_below_the_start_is_reached_by_no_run(tmp_path):
+    runs = {"grpo": {0: write_run(tmp_path / "g0", [0.3, 0.2, 0.25])},
+            "oracle": {0: write_run(tmp_path / "o0", [0.3, 0.35, 0.4])}}
+    stats = reproduce.horizon_stats(runs)
+    assert stats["target"] <= stats["start_acc"]
+    assert stats["methods"]["oracle"]["rollouts_to_target"] == [] and stats["methods"]["grpo"]["tokens_to_target"] == []
+    report = reproduce.summarize({"horizons": {"3": stats}}, type("Args", (), {
+        "model": "toy", "steps": 2, "prompts_per_step": 8, "lr": 1e-4, "seeds": [0], "eval_size": 500})())
+    assert "No target" in report and "(0/1)" in report
+
+
+@pytest.mark.parametrize("method", ["grpo", "rrpo", "srpo", "oracle", "oracle-noise0.25"])
+def test_each_run_passes_the_sweeps_settings_to_its_script(method, tmp_path, monkeypatch):
+    """The flags of a run's command, parsed by the script's own parser, give a config whose fields
+    equal the settings the sweep compares with a finished run's config."""
+    import grpo, rrpo, run, srpo
+    args = reproduce.parse_args(["--steps", "12", "--lr", "3e-5", "--eval-every", "3", "--out", str(tmp_path)])
+    commands = []
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    reproduce.run(method, 8, 7, args)
+    script, settings = reproduce.run_settings(method, 8, 7, args)
+    assert commands[0][1].endswith(script)
+    config_class = {"grpo.py": grpo.Config, "rrpo.py": rrpo.ResetConfig, "srpo.py": srpo.SRPOConfig}[script]
+    parsed = run.parse_config(config_class, commands[0][2:])
+    assert {key: getattr(parsed, key) for key in settings} == settings
+    assert settings["lr"] == 3e-5 and settings["steps"] == 12 and settings["dataset"] == "toy-8"
+    assert settings.get("oracle_noise") == (0.25 if method == "oracle-noise0.25" else None)
+
+
+def finished_run(folder, config):
+    (folder / "checkpoint-12").mkdir(parents=True)
+    reproduce.torch.save({"config": config}, folder / "checkpoint-12" / "trainer_state.pt")
+
+
+def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path, monkeypatch):
+    args = reproduce.parse_args(["--steps", "12", "--lr", "3e-5", "--out", str(tmp_path)])
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was run again"))
+    out = tmp_path / "ops8" / "oracle-seed3"
+    _, settings = reproduce.run_settings("oracle", 8, 3, args)
+    finished_run(out, {**settings, "temperature": 1.0})
+    assert reproduce.run("oracle", 8, 3, args) == out
+    other = reproduce.parse_args(["--steps", "12", "--lr", "1e-4", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"lr 3e-05 there, 0.0001 here.*its own --out"):
+        reproduce.run("oracle", 8, 3, other)
+
+
+def test_the_noise_horizon_must_be_swept_and_quick_runs_each_job_once(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(["--horizons", "2", "4", "--noise-horizon", "8"])
+    assert "--noise-horizon 8 is not one of --horizons" in capsys.readouterr().err
+    assert reproduce.parse_args(["--horizons", "2", "4", "--noise-horizon", "8", "--oracle-noise"]).noise_horizon == 8
+    quick = reproduce.parse_args(["--quick", "--horizons", "4"])
+    assert quick.horizons == [4] and quick.seeds == [0]
