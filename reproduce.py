@@ -177,8 +177,10 @@ def summarize(stats: dict, args) -> str:
     """The markdown report of a sweep."""
     lines = [f"Baby model `{args.model}`, {args.steps} steps x {args.prompts_per_step} prompts x 8 rollouts, "
              f"lr {args.lr}, seeds {args.seeds}. Accuracy: one sample per problem at temperature 1 on "
-             f"{args.eval_size} held-out problems. Means ± half-width of the 95% t interval over seeds; "
-             "gains are paired by seed (the same data order and evaluation draws).", ""]
+             f"{args.eval_size} held-out problems, the same problems and random draws in every evaluation of "
+             "every run. Means ± half-width of the 95% t interval over training seeds (it leaves out the "
+             "sampling error of the one evaluation set, which every run shares); gains are paired by seed "
+             "(the same data order), the mean-accuracy gain is over the evaluations after step 0.", ""]
     for horizon, h in stats["horizons"].items():
         lines += [f"### Chains of {horizon} operations: starting accuracy {h['start_acc']:.3f}", "",
                   f"Target for the rollouts-to-target columns: {h['target']:.3f} (halfway from the start to "

@@ -470,18 +470,50 @@ def solution_tokens(n_ops):
     return 12 * n_ops + 16
 
 
-def localization_accuracy(model, tokenizer, examples, solutions):
-    """How often the model's greedy localization of each wrong solution (a list of steps) names
-    the step that `first_wrong_step` names, and how often a uniformly random step would."""
+def localized_steps(model, tokenizer, examples, solutions):
+    """The step the model's greedy localization names in each wrong solution (a list of steps)."""
     prompts = [data.format_chat(tokenizer, localize.localization_prompt(ex["question"], steps))
                for ex, steps in zip(examples, solutions)]
     replies = generate(model, tokenizer, prompts, 24 * max(len(steps) for steps in solutions) + 16)
+    return [localize.parse_error_step(reply, len(steps)) for steps, reply in zip(solutions, replies)]
+
+
+def localization_accuracy(model, tokenizer, examples, solutions):
+    """How often the model's greedy localization of each wrong solution (a list of steps) names
+    the step that `first_wrong_step` names, and how often a uniformly random step would."""
+    return localization_scores(examples, solutions, localized_steps(model, tokenizer, examples, solutions))
+
+
+def localization_scores(examples, solutions, named):
+    """The exact share of the steps `named` in wrong solutions, and a uniformly random step's."""
     hits, chance = 0, 0.0
-    for ex, steps, reply in zip(examples, solutions, replies):
+    for ex, steps, step in zip(examples, solutions, named):
         truth = first_wrong_step(ex, steps)
-        hits += localize.parse_error_step(reply, len(steps)) == truth
+        hits += step == truth
         chance += (truth <= len(steps)) / len(steps)  # a missing last step cannot be named
     return hits / len(examples), chance / len(examples)
+
+
+def operation_of(example, step):
+    """The operation a problem's step `step` (1-based) applies; "extra step" beyond the chain."""
+    return OPERATIONS[example["ops"][step - 1][0]] if 1 <= step <= len(example["ops"]) else "extra step"
+
+
+def localization_by_operation(examples, solutions, named):
+    """Localization split by operation: for each operation, how often the named step is the first
+    wrong one among the failures whose first error is that operation (exact, count), and the
+    share of all localizations that name a step of that operation. A model that names the
+    operation it slips on most, whatever the solution, shows as exact on that operation and
+    rarely on the others, and names it more often than its share of first errors."""
+    exact, named_ops = {}, {}
+    for ex, steps, step in zip(examples, solutions, named):
+        truth = first_wrong_step(ex, steps)
+        hits, count = exact.get(operation_of(ex, truth), (0, 0))
+        exact[operation_of(ex, truth)] = (hits + (step == truth), count + 1)
+        named_kind = operation_of(ex, step) if step is not None else "none"
+        named_ops[named_kind] = named_ops.get(named_kind, 0) + 1 / len(named)
+    return ({kind: (round(hits / count, 3), count) for kind, (hits, count) in sorted(exact.items())},
+            {kind: round(share, 3) for kind, share in sorted(named_ops.items())})
 
 
 def sampled_solutions(model, tokenizer, examples, temperature):
@@ -502,7 +534,10 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
       loc_exact_random, a uniformly random step, on the same failures;
     - loc_exact_injected: the same on solutions with an error of any kind (`inject_error`) at a
       uniformly random step;
-    - first_error_ops: among its own failures, the share whose first error is at each operation.
+    - first_error_ops: among its own failures, the share whose first error is at each operation;
+      loc_exact_by_op, its localization's exact share (and count) by that operation, and
+      loc_named_ops, the share of its localizations that name a step of each operation
+      (`localization_by_operation`).
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)  # the same samples at every run
@@ -517,12 +552,14 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
                    if not reward and text]  # "" has no step to blame
         if len(failed) >= min_failures:
             break
-    own_exact, own_random = localization_accuracy(model, tokenizer, *zip(*failed)) if failed else (0.0, 0.0)
+    failed_examples, failed_steps = zip(*failed) if failed else ((), ())
+    named = localized_steps(model, tokenizer, failed_examples, failed_steps) if failed else []
+    own_exact, own_random = localization_scores(failed_examples, failed_steps, named) if failed else (0.0, 0.0)
+    exact_by_op, named_ops = localization_by_operation(failed_examples, failed_steps, named)
     injected = [inject_error(ex, rng.randint(1, n_ops), rng) for ex in examples]
     first_error_ops = {}
     for ex, steps in failed:
-        k = first_wrong_step(ex, steps)
-        kind = OPERATIONS[ex["ops"][k - 1][0]] if k <= n_ops else "extra step"
+        kind = operation_of(ex, first_wrong_step(ex, steps))
         first_error_ops[kind] = first_error_ops.get(kind, 0) + 1 / len(failed)
     return {
         "n_ops": n_ops,
@@ -531,6 +568,8 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
         "loc_exact_own": own_exact,
         "loc_exact_random": own_random,
         "own_failures": len(failed),
+        "loc_exact_by_op": exact_by_op,
+        "loc_named_ops": named_ops,
         "loc_exact_injected": localization_accuracy(model, tokenizer, examples, injected)[0],
         "injected_failures": len(injected),
         "first_error_ops": {kind: round(share, 3) for kind, share in sorted(first_error_ops.items())},
@@ -563,6 +602,10 @@ def main():
           f"{results['loc_exact_injected']:.1%}")
     print("first errors of its failures, by operation: "
           + ", ".join(f"{kind} {share:.0%}" for kind, share in results["first_error_ops"].items()))
+    print("localization exact, by the first error's operation: "
+          + ", ".join(f"{kind} {exact:.0%} ({count})" for kind, (exact, count) in results["loc_exact_by_op"].items()))
+    print("the step its localization names, by operation: "
+          + ", ".join(f"{kind} {share:.0%}" for kind, share in results["loc_named_ops"].items()))
 
 
 if __name__ == "__main__":

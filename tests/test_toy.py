@@ -223,6 +223,23 @@ def test_evaluate_scores_against_the_oracle(monkeypatch):
     assert 0.0 < results["loc_exact_injected"] < 1.0  # injected at a random step: step 2 a third of the time
     shares = {toy.OPERATIONS[ex["ops"][1][0]] for ex in examples.values()}
     assert set(results["first_error_ops"]) <= shares and sum(results["first_error_ops"].values()) == pytest.approx(1)
+    # it always blames step 2, the true first error: exact on every operation, naming each as often as it errs
+    assert {exact for exact, _ in results["loc_exact_by_op"].values()} == {1.0}
+    assert sum(count for _, count in results["loc_exact_by_op"].values()) == 30
+    assert results["loc_named_ops"] == results["first_error_ops"]
+
+
+def test_localization_by_operation_shows_a_model_that_always_names_the_multiplication():
+    example = {"start": 7, "ops": [("+", 5), ("*", 3), ("-", 4)]}
+    right = ["7+5=12</thought>", "12*3=36</thought>", "36-4=\\boxed{32}"]
+    wrong_at = {1: ["7+5=13</thought>", "13*3=39</thought>", "39-4=\\boxed{35}"],
+                2: ["7+5=12</thought>", "12*3=35</thought>", "35-4=\\boxed{31}"],
+                3: [*right[:2], "36-4=\\boxed{31}"]}
+    assert all(toy.first_wrong_step(example, steps) == k for k, steps in wrong_at.items())
+    solutions = [wrong_at[1], wrong_at[2], wrong_at[2], wrong_at[3]]
+    exact, named = toy.localization_by_operation([example] * 4, solutions, named=[2, 2, 2, None])
+    assert exact == {"add": (0.0, 1), "multiply by": (1.0, 2), "subtract": (0.0, 1)}
+    assert named == {"multiply by": 0.75, "none": 0.25}
 
 
 @pytest.mark.parametrize("reset", ["self", "oracle"])
