@@ -11,7 +11,8 @@ subprocess, two at a time); this script reads their metrics and writes
 
     {out}/results.md, results.json   per horizon: final accuracy with a 95% interval over seeds,
                                      the gain over GRPO (paired by seed), rollouts and generated
-                                     tokens to reach a target, localization; the noise sweep
+                                     tokens to reach a target, localization; the noise sweep;
+                                     with --report-at S, the same as the runs stood after step S
     {out}/gain-vs-start.png          gain over GRPO against starting accuracy, one line per method
     {out}/gain-vs-localization.png   gain over GRPO against how often the reset step is the first
                                      wrong one
@@ -137,10 +138,12 @@ def mean_metric(lines: list[dict], key: str) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def horizon_stats(runs: dict[str, dict[int, Path]]) -> dict:
+def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = None) -> dict:
     """The numbers of one horizon: per method, per seed final accuracy, gain over GRPO's run of the
-    same seed, rollouts and tokens to the target, localization and token cost."""
-    metrics = {m: {seed: read_metrics(out) for seed, out in outs.items()} for m, outs in runs.items()}
+    same seed, rollouts and tokens to the target, localization and token cost. With `up_to_step`,
+    of the runs as they stood after that step ("final" is its evaluation)."""
+    metrics = {m: {seed: [line for line in read_metrics(out) if up_to_step is None or line["step"] <= up_to_step]
+                   for seed, out in outs.items()} for m, outs in runs.items()}
     curves = {m: {seed: eval_curve(lines) for seed, lines in by_seed.items()} for m, by_seed in metrics.items()}
     start = statistics.mean(curve[0][2] for curve in curves["grpo"].values())
     grpo_final = {seed: curve[-1][2] for seed, curve in curves["grpo"].items()}
@@ -173,9 +176,9 @@ def horizon_stats(runs: dict[str, dict[int, Path]]) -> dict:
     return stats
 
 
-def summarize(stats: dict, args) -> str:
-    """The markdown report of a sweep."""
-    lines = [f"Baby model `{args.model}`, {args.steps} steps x {args.prompts_per_step} prompts x 8 rollouts, "
+def summarize(stats: dict, args, steps: int | None = None) -> str:
+    """The markdown report of a sweep (of its runs after `steps`, default all of them)."""
+    lines = [f"Baby model `{args.model}`, {steps or args.steps} steps x {args.prompts_per_step} prompts x 8 rollouts, "
              f"lr {args.lr}, seeds {args.seeds}. Accuracy: one sample per problem at temperature 1 on "
              f"{args.eval_size} held-out problems, the same problems and random draws in every evaluation of "
              "every run. Means ± half-width of the 95% t interval over training seeds (it leaves out the "
@@ -285,6 +288,8 @@ def parse_args(argv=None):
                         help="oracle resets replaced by a random step with these probabilities")
     parser.add_argument("--noise-horizon", type=int, default=None,
                         help="horizon of the noise sweep; default: the longest")
+    parser.add_argument("--report-at", type=int, nargs="*", default=[],
+                        help="also report the runs as they stood after these steps (evaluated ones, below --steps)")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (one CPU thread each)")
     parser.add_argument("--out", default="runs/reproduce", help="output folder")
     args = parser.parse_args(argv)
@@ -296,6 +301,10 @@ def parse_args(argv=None):
     if args.oracle_noise and args.noise_horizon not in args.horizons:
         parser.error(f"--noise-horizon {args.noise_horizon} is not one of --horizons {args.horizons}: the blurred "
                      "oracle is compared with GRPO's runs at its horizon, so add it to --horizons.")
+    unevaluated = [step for step in args.report_at if not (0 < step < args.steps and step % args.eval_every == 0)]
+    if unevaluated:
+        parser.error(f"--report-at {' '.join(map(str, unevaluated))}: the runs are evaluated every --eval-every "
+                     f"{args.eval_every} steps up to --steps {args.steps}; choose evaluated steps below --steps.")
     return args
 
 
@@ -315,6 +324,9 @@ def main():
     stats = {"noise_horizon": args.noise_horizon, "settings": vars(args),
              "horizons": {str(h): horizon_stats(runs[h]) for h in args.horizons}}
     report = summarize(stats, args)
+    for step in sorted(set(args.report_at), reverse=True):
+        stats.setdefault("after_steps", {})[str(step)] = {str(h): horizon_stats(runs[h], step) for h in args.horizons}
+        report += f"\n## After {step} steps\n\n" + summarize({"horizons": stats["after_steps"][str(step)]}, args, step)
     (Path(args.out) / "results.md").write_text(report)
     (Path(args.out) / "results.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(report)

@@ -135,3 +135,18 @@ def test_the_noise_horizon_must_be_swept_and_quick_runs_each_job_once(capsys):
     assert reproduce.parse_args(["--horizons", "2", "4", "--noise-horizon", "8", "--oracle-noise"]).noise_horizon == 8
     quick = reproduce.parse_args(["--quick", "--horizons", "4"])
     assert quick.horizons == [4] and quick.seeds == [0]
+
+
+def test_the_report_after_an_earlier_step_reads_the_runs_up_to_it(tmp_path, capsys):
+    runs = {"grpo": {0: write_run(tmp_path / "g0", [0.2, 0.3, 0.4, 0.6])},
+            "oracle": {0: write_run(tmp_path / "o0", [0.2, 0.45, 0.5, 0.55], tokens_per_step=150)}}
+    early = reproduce.horizon_stats(runs, up_to_step=2)
+    assert early["methods"]["oracle"]["final"] == [0.5] and early["methods"]["oracle"]["gain"] == pytest.approx([0.1])
+    assert early["target"] == pytest.approx(0.3)  # halfway to GRPO's 0.4 at step 2
+    assert early["methods"]["oracle"]["curves"][0][-1] == (128, 300, 0.5)
+    assert reproduce.horizon_stats(runs)["methods"]["oracle"]["gain"] == pytest.approx([-0.05])
+    assert reproduce.parse_args(["--steps", "60", "--report-at", "20", "40"]).report_at == [20, 40]
+    for bad in (["--report-at", "6"], ["--report-at", "20"], ["--steps", "20", "--report-at", "0"]):
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(["--steps", "20", *bad])
+        assert "--report-at" in capsys.readouterr().err
