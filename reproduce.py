@@ -325,8 +325,9 @@ def main():
              "horizons": {str(h): horizon_stats(runs[h]) for h in args.horizons}}
     report = summarize(stats, args)
     for step in sorted(set(args.report_at), reverse=True):
-        stats.setdefault("after_steps", {})[str(step)] = {str(h): horizon_stats(runs[h], step) for h in args.horizons}
-        report += f"\n## After {step} steps\n\n" + summarize({"horizons": stats["after_steps"][str(step)]}, args, step)
+        earlier = {str(h): horizon_stats(runs[h], step) for h in args.horizons}
+        stats.setdefault("after_steps", {})[str(step)] = earlier
+        report += f"\n## After {step} steps\n\n" + summarize({"horizons": earlier}, args, step)
     (Path(args.out) / "results.md").write_text(report)
     (Path(args.out) / "results.json").write_text(json.dumps(stats, indent=1) + "\n")
     print(report)

@@ -495,7 +495,10 @@ def localization_scores(examples, solutions, named):
 
 
 def operation_of(example, step):
-    """The operation a problem's step `step` (1-based) applies; "extra step" beyond the chain."""
+    """The operation a problem's step `step` (1-based) applies; "extra step" beyond the chain,
+    "none" for no step (a localization that names none)."""
+    if step is None:
+        return "none"
     return OPERATIONS[example["ops"][step - 1][0]] if 1 <= step <= len(example["ops"]) else "extra step"
 
 
@@ -508,12 +511,11 @@ def localization_by_operation(examples, solutions, named):
     exact, named_ops = {}, {}
     for ex, steps, step in zip(examples, solutions, named):
         truth = first_wrong_step(ex, steps)
-        hits, count = exact.get(operation_of(ex, truth), (0, 0))
-        exact[operation_of(ex, truth)] = (hits + (step == truth), count + 1)
-        named_kind = operation_of(ex, step) if step is not None else "none"
-        named_ops[named_kind] = named_ops.get(named_kind, 0) + 1 / len(named)
+        hits, count = exact.get(kind := operation_of(ex, truth), (0, 0))
+        exact[kind] = (hits + (step == truth), count + 1)
+        named_ops[operation_of(ex, step)] = named_ops.get(operation_of(ex, step), 0) + 1
     return ({kind: (round(hits / count, 3), count) for kind, (hits, count) in sorted(exact.items())},
-            {kind: round(share, 3) for kind, share in sorted(named_ops.items())})
+            {kind: round(count / len(named), 3) for kind, count in sorted(named_ops.items())})
 
 
 def sampled_solutions(model, tokenizer, examples, temperature):
@@ -557,10 +559,6 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
     own_exact, own_random = localization_scores(failed_examples, failed_steps, named) if failed else (0.0, 0.0)
     exact_by_op, named_ops = localization_by_operation(failed_examples, failed_steps, named)
     injected = [inject_error(ex, rng.randint(1, n_ops), rng) for ex in examples]
-    first_error_ops = {}
-    for ex, steps in failed:
-        kind = operation_of(ex, first_wrong_step(ex, steps))
-        first_error_ops[kind] = first_error_ops.get(kind, 0) + 1 / len(failed)
     return {
         "n_ops": n_ops,
         "answer_acc": answer_acc,
@@ -572,7 +570,7 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
         "loc_named_ops": named_ops,
         "loc_exact_injected": localization_accuracy(model, tokenizer, examples, injected)[0],
         "injected_failures": len(injected),
-        "first_error_ops": {kind: round(share, 3) for kind, share in sorted(first_error_ops.items())},
+        "first_error_ops": {kind: round(count / len(failed), 3) for kind, (_, count) in exact_by_op.items()},
     }
 
 
