@@ -42,8 +42,10 @@ METHODS = {  # name: (script, settings of its own)
     "rrpo": ("rrpo.py", {"reset": "random"}),
     "srpo": ("srpo.py", {"reset": "self"}),
     "oracle": ("rrpo.py", {"reset": "oracle"}),
+    "start": ("rrpo.py", {"reset": "start"}),  # the reset buffer, reset at step 1: a control
 }
-RESET_METHODS = ["rrpo", "srpo", "oracle"]
+DEFAULT_METHODS = ["grpo", "rrpo", "srpo", "oracle"]
+RESET_METHODS = ["rrpo", "srpo", "oracle", "start"]
 # Student t quantiles for a two-sided 95% interval, by degrees of freedom (beyond the table: the
 # first terms of the Cornish-Fisher expansion around the normal quantile, within 1e-3 from 30 on).
 T95 = dict(enumerate([12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201,
@@ -69,8 +71,10 @@ def run_settings(method: str, horizon: int, seed: int, args) -> tuple[str, dict]
         script, extra = "rrpo.py", {"reset": "oracle", "oracle_noise": float(method.removeprefix("oracle-noise"))}
     else:
         script, extra = METHODS[method]
+    if script != "grpo.py":  # fresh attempts to find a parent: the paper's 12 for a budget of 8, in proportion
+        extra = {**extra, "max_fresh": 12 * args.group_size // 8}
     return script, {"model": args.model, "dataset": f"toy-{horizon}", "seed": seed, "steps": args.steps,
-                    "prompts_per_step": args.prompts_per_step, "group_size": 8, "lr": args.lr,
+                    "prompts_per_step": args.prompts_per_step, "group_size": args.group_size, "lr": args.lr,
                     "eval_every": args.eval_every, "eval_size": args.eval_size, "save_every": args.steps,
                     **extra}
 
@@ -178,7 +182,8 @@ def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = Non
 
 def summarize(stats: dict, args, steps: int | None = None) -> str:
     """The markdown report of a sweep (of its runs after `steps`, default all of them)."""
-    lines = [f"Baby model `{args.model}`, {steps or args.steps} steps x {args.prompts_per_step} prompts x 8 rollouts, "
+    lines = [f"Baby model `{args.model}`, {steps or args.steps} steps x {args.prompts_per_step} prompts x "
+             f"{args.group_size} rollouts, "
              f"lr {args.lr}, seeds {args.seeds}. Accuracy: one sample per problem at temperature 1 on "
              f"{args.eval_size} held-out problems, the same problems and random draws in every evaluation of "
              "every run. Means ± half-width of the 95% t interval over training seeds (it leaves out the "
@@ -215,7 +220,8 @@ def plot(stats: dict, out: Path) -> bool:
         return False
     horizons = stats["horizons"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in RESET_METHODS:
+    reset_methods = [method for method in RESET_METHODS if method in stats["settings"]["methods"]]
+    for method in reset_methods:
         points = sorted((h["start_acc"], *interval(h["methods"][method]["gain"])) for h in horizons.values()
                         if h["methods"].get(method, {}).get("gain"))
         if points:
@@ -255,7 +261,7 @@ def plot(stats: dict, out: Path) -> bool:
 
     fig, axes = plt.subplots(2, len(horizons), figsize=(4 * len(horizons), 6.5), squeeze=False)
     for column, (horizon, h) in enumerate(horizons.items()):
-        for method in ["grpo", *RESET_METHODS]:
+        for method in ["grpo", *reset_methods]:
             curves = list(h["methods"][method]["curves"].values())
             for row, index in enumerate((0, 1)):
                 x = [statistics.mean(c[i][index] for c in curves) for i in range(len(curves[0]))]
@@ -279,8 +285,13 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="toy", choices=["toy", "toy-hard"], help="the baby model")
     parser.add_argument("--horizons", type=int, nargs="+", default=[2, 4, 8], help="operations per problem")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one run per method and seed")
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS),
+                        help="methods to run (grpo among them: the gains are over its runs); start resets at "
+                             "step 1, the reset buffer without a reset")
     parser.add_argument("--steps", type=int, default=20, help="training steps per run")
-    parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step (8 rollouts each)")
+    parser.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step")
+    parser.add_argument("--group-size", type=int, default=8,
+                        help="scored rollouts per prompt (a reset method: half fresh, half suffixes); even")
     parser.add_argument("--eval-every", type=int, default=4, help="steps between evaluations")
     parser.add_argument("--eval-size", type=int, default=500, help="held-out problems per evaluation")
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate, the same for every method")
@@ -297,6 +308,11 @@ def parse_args(argv=None):
         args.seeds, args.steps, args.eval_size, args.eval_every = args.seeds[:1], 8, 200, 4
         args.horizons, args.oracle_noise = [args.horizons[0], args.horizons[-1]], args.oracle_noise[:1]
     args.horizons, args.seeds = list(dict.fromkeys(args.horizons)), list(dict.fromkeys(args.seeds))
+    args.methods = list(dict.fromkeys(args.methods))
+    if "grpo" not in args.methods:
+        parser.error(f"--methods {' '.join(args.methods)}: add grpo, whose runs every gain is measured against.")
+    if args.group_size < 2 or args.group_size % 2:
+        parser.error(f"--group-size {args.group_size}: an even number of at least 2, split in half by the resets.")
     args.noise_horizon = args.noise_horizon or max(args.horizons)
     if args.oracle_noise and args.noise_horizon not in args.horizons:
         parser.error(f"--noise-horizon {args.noise_horizon} is not one of --horizons {args.horizons}: the blurred "
@@ -314,7 +330,7 @@ def main():
     import toy
 
     toy.load_baby_model(settings=toy.MODELS[args.model])  # warm-start once, before the runs share the cache
-    jobs = [(method, horizon, seed) for seed in args.seeds for horizon in args.horizons for method in METHODS]
+    jobs = [(method, horizon, seed) for seed in args.seeds for horizon in args.horizons for method in args.methods]
     jobs += [(noise_method(noise), args.noise_horizon, seed) for seed in args.seeds for noise in args.oracle_noise]
     with ThreadPoolExecutor(args.workers) as pool:
         outs = list(pool.map(lambda job: run(*job, args), jobs))

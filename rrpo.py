@@ -23,10 +23,13 @@ generated. If no wrong solution turns up within --max-fresh attempts, the prompt
 as in the authors' code (the new ones are sampled in the suffixes' batch). A fresh solution with
 no thought at all (an empty output) is a wrong member of group 1, never a parent. `--reset oracle`
 resets at the true first wrong step instead, for tasks with a step checker (the built-in toy
-task): the credit-assignment oracle of the paper's theory.
+task): the credit-assignment oracle of the paper's theory. `--reset start` always resets at step
+1, so that group 2 is B/2 more fresh solutions: the buffer with no reset in it, a control that
+tells what the buffer costs (a failure spent as the parent, two groups of B/2) from what the
+reset's place brings.
 
-Deviations from the authors' code: none in the buffer above. `--reset oracle` and
-`--oracle-noise` are additions, for tasks with a step checker.
+Deviations from the authors' code: none in the buffer above. `--reset oracle`, `--oracle-noise`
+and `--reset start` are additions, for experiments.
 
     python rrpo.py                                                    # built-in demo, CPU
     python rrpo.py --model Qwen2.5-1.5B --dataset gsm8k               # one GPU
@@ -44,7 +47,7 @@ import run
 @dataclass
 class ResetConfig(grpo.Config):
     reset: str = grpo.option("random", "how the reset step is chosen: random (RRPO), self (SRPO), oracle "
-                                       "(true first error)")
+                                       "(true first error), start (always step 1: a control)")
     max_fresh: int = grpo.option(12, "fresh attempts per prompt to find a wrong solution before falling "
                                      "back to GRPO; at least --group-size", at_least=2)
     oracle_noise: float = grpo.option(0.0, "with --reset oracle: chance of a uniformly random step instead, "
@@ -108,6 +111,11 @@ def oracle_resets(policy, examples, parent_steps, rng, diagnostics):
         raise SystemExit("--reset oracle needs a dataset with a step checker, such as --dataset toy.")
     return [localize.random_reset_step(len(steps), rng) if rng.random() < policy.cfg.oracle_noise
             else min(ex["step_checker"](ex, steps) or 1, len(steps)) for ex, steps in zip(examples, parent_steps)]
+
+
+def start_resets(policy, examples, parent_steps, rng, diagnostics):
+    """The control: k = 1, an empty prefix, whatever the parent; the suffixes are fresh solutions."""
+    return [1 for _ in parent_steps]
 
 
 def reset_rollouts(policy, examples, rng, choose_resets=random_resets):
@@ -194,7 +202,7 @@ def record_reset(diagnostics, example, steps, k, suffix_rewards):
 
 def resets_by_name(name: str):
     """The reset rule a config names; srpo.py adds "self"."""
-    choices = {"random": random_resets, "oracle": oracle_resets}
+    choices = {"random": random_resets, "oracle": oracle_resets, "start": start_resets}
     if name not in choices:
         raise SystemExit(f"--reset {name}: rrpo.py knows {sorted(choices)}; use srpo.py for self resets.")
     return choices[name]

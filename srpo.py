@@ -37,7 +37,7 @@ import rrpo
 @dataclass
 class SRPOConfig(rrpo.ResetConfig):
     reset: str = grpo.option("self", "how the reset step is chosen: self (SRPO), random (RRPO), oracle "
-                                     "(true first error)")
+                                     "(true first error), start (always step 1: a control)")
     loc_temperature: float = grpo.option(0.3, "sampling temperature of the localization pass", above=0)
     loc_max_new_tokens: int | None = grpo.option(None, "length cap of the localization reply; default 1024 "
                                                        "for the toy model, else 4096 (the paper)", at_least=1)

@@ -78,7 +78,8 @@ def test_a_target_never_reached_is_left_out_and_counted(tmp_path):
     stats = reproduce.horizon_stats(runs)
     assert stats["methods"]["rrpo"]["rollouts_to_target"] == []
     report = reproduce.summarize({"horizons": {"3": stats}}, type("Args", (), {
-        "model": "toy", "steps": 2, "prompts_per_step": 8, "lr": 1e-4, "seeds": [0], "eval_size": 500})())
+        "model": "toy", "steps": 2, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4, "seeds": [0],
+        "eval_size": 500})())
     assert "| rrpo | 0.300 | -0.300 |" in report and "(0/1)" in report
 
 
@@ -89,16 +90,19 @@ def test_a_target_at_or_below_the_start_is_reached_by_no_run(tmp_path):
     assert stats["target"] <= stats["start_acc"]
     assert stats["methods"]["oracle"]["rollouts_to_target"] == [] and stats["methods"]["grpo"]["tokens_to_target"] == []
     report = reproduce.summarize({"horizons": {"3": stats}}, type("Args", (), {
-        "model": "toy", "steps": 2, "prompts_per_step": 8, "lr": 1e-4, "seeds": [0], "eval_size": 500})())
+        "model": "toy", "steps": 2, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4, "seeds": [0],
+        "eval_size": 500})())
     assert "No target" in report and "(0/1)" in report
 
 
-@pytest.mark.parametrize("method", ["grpo", "rrpo", "srpo", "oracle", "oracle-noise0.25"])
-def test_each_run_passes_the_sweeps_settings_to_its_script(method, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["grpo", "rrpo", "srpo", "oracle", "oracle-noise0.25", "start"])
+@pytest.mark.parametrize("group_size", [8, 16])
+def test_each_run_passes_the_sweeps_settings_to_its_script(method, group_size, tmp_path, monkeypatch):
     """The flags of a run's command, parsed by the script's own parser, give a config whose fields
     equal the settings the sweep compares with a finished run's config."""
     import grpo, rrpo, run, srpo
-    args = reproduce.parse_args(["--steps", "12", "--lr", "3e-5", "--eval-every", "3", "--out", str(tmp_path)])
+    args = reproduce.parse_args(["--steps", "12", "--lr", "3e-5", "--eval-every", "3", "--out", str(tmp_path),
+                                 "--group-size", str(group_size)])
     commands = []
     monkeypatch.setattr(reproduce.subprocess, "run", lambda command, **kwargs: commands.append(command))
     reproduce.run(method, 8, 7, args)
@@ -109,6 +113,19 @@ def test_each_run_passes_the_sweeps_settings_to_its_script(method, tmp_path, mon
     assert {key: getattr(parsed, key) for key in settings} == settings
     assert settings["lr"] == 3e-5 and settings["steps"] == 12 and settings["dataset"] == "toy-8"
     assert settings.get("oracle_noise") == (0.25 if method == "oracle-noise0.25" else None)
+    assert parsed.group_size == group_size
+    if method != "grpo":  # the paper's 12 attempts to find a parent for a budget of 8, in proportion
+        assert parsed.max_fresh == {8: 12, 16: 24}[group_size]
+        assert parsed.reset == {"rrpo": "random", "srpo": "self", "start": "start"}.get(method, "oracle")
+
+
+def test_methods_and_group_size_are_checked(capsys):
+    assert reproduce.parse_args([]).methods == ["grpo", "rrpo", "srpo", "oracle"]
+    assert reproduce.parse_args(["--methods", "grpo", "start", "grpo"]).methods == ["grpo", "start"]
+    for bad, message in ((["--methods", "oracle"], "add grpo"), (["--group-size", "7"], "an even number")):
+        with pytest.raises(SystemExit):
+            reproduce.parse_args(bad)
+        assert message in capsys.readouterr().err
 
 
 def finished_run(folder, config):

@@ -237,6 +237,20 @@ def test_oracle_resets_at_true_first_error(tiny_tokenizer, cfg):
     assert diagnostics["suffix_acc_clean_prefix"] == [1.0] * 4
 
 
+def test_start_resets_sample_fresh_solutions_as_group_two(tiny_tokenizer, cfg):
+    """The control resets at step 1 whatever the parent: its suffixes start from the bare prompt
+    with the whole budget, in their own group, and the parent is still not trained on."""
+    policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([RIGHT, WRONG] + [RIGHT] * 3, [RIGHT] * 4))
+    [example] = make_examples(tiny_tokenizer)
+    rollouts, diagnostics = rrpo.reset_rollouts(policy, [example], random.Random(0), rrpo.start_resets)
+    suffixes = [r for r in rollouts if r.group == rrpo.suffix_group(0)]
+    assert diagnostics["reset_step_mean"] == [1] and len(suffixes) == 4
+    assert all(r.prompt_ids == example["prompt_ids"] and r.reward == 1.0 for r in suffixes)
+    assert policy.calls[-1]["max_new_tokens"] == [cfg.max_new_tokens]
+    assert [r.reward for r in rollouts if r.group == rrpo.fresh_group(0)] == [1.0] * 4  # the parent left out
+    assert rrpo.resets_by_name("start") is rrpo.start_resets
+
+
 def test_oracle_without_step_checker_fails_clearly(tiny_tokenizer, cfg):
     policy = ScriptedPolicy(tiny_tokenizer, cfg, fresh_then_suffixes([WRONG] + [RIGHT] * 4, [RIGHT] * 4))
     with pytest.raises(SystemExit, match="step checker"):
