@@ -3,6 +3,7 @@ cache. No real warm start here (that takes minutes): the cache is tested with a 
 pinned thread count with three steps of the real size."""
 import dataclasses
 import random
+import statistics
 
 import pytest
 import torch
@@ -169,6 +170,27 @@ def test_baby_model_is_cached_and_not_retrained(tmp_path, monkeypatch):
     monkeypatch.setenv("RESETS_CACHE", str(tmp_path))
     toy.load_baby_model(settings=TINY)  # the environment variable points at the same cache
     assert toy.cache_key(TINY) != toy.cache_key(toy.BabySettings())
+
+
+@pytest.mark.parametrize("name", sorted(toy.MODELS))
+def test_the_baby_models_ship_for_their_settings(name, tmp_path, monkeypatch):
+    """MODELS load from baby_models/ without a warm start or a cache write. A change of their
+    settings or of the prompts they learn from changes the hash: then warm-start them again (on
+    one machine, `python toy.py --model NAME`) and replace their folders in baby_models/."""
+    folder = toy.SHIPPED / f"toy-{toy.cache_key(toy.MODELS[name])}"
+    assert folder.is_dir(), f"{folder.name} is not shipped: the baby models' settings or prompts changed"
+
+    def no_training(settings):
+        raise AssertionError("a shipped model was trained again")
+
+    monkeypatch.setattr(toy, "warm_start", no_training)
+    model, tokenizer = toy.load_baby_model(tmp_path, toy.MODELS[name])
+    assert list(tmp_path.iterdir()) == []
+    # The shipped weights are the ones measured: greedy accuracy on 200 chains of 8 operations was
+    # 0.975 for toy and 0.555 for toy-hard (a warm start on another machine gave toy-hard 0.82).
+    examples = toy.make_examples(200, seed=123, n_ops=8)
+    accuracy = statistics.mean(toy.sampled_solutions(model, tokenizer, examples, 0.0)[1])
+    assert accuracy == pytest.approx({"toy": 0.975, "toy-hard": 0.555}[name], abs=0.03)
 
 
 def test_warm_start_gives_the_same_model_whatever_the_callers_threads():
