@@ -248,6 +248,7 @@ class BabySettings:
     localize_fraction: float = 0.5  # share of the sequences that teach localization
     slip_rate: float = 0.15  # chance that a step of a taught solution has a wrong result
     multiply_slip_rate: float | None = None  # the same for multiplications; None: slip_rate
+    injected_fraction: float = 0.2  # share of the localization texts whose error is injected at a uniformly random step
     tokenizer_problems: int = 1000  # problems whose texts train the tokenizer
     seed: int = 0  # seeds the data, the initialisation and the tokenizer
     threads: int = 1  # CPU threads of the warm start: another count sums in another order, another model
@@ -283,9 +284,10 @@ def localization_reply(example, steps, first_wrong):
 
 
 def failed_solution(example, rng, settings):
-    """A wrong solution to learn localization from: mostly the slips the model learns to make
-    itself, sometimes another kind of mistake (`inject_error`) so that the check reads the question."""
-    if rng.random() < 0.2:
+    """A wrong solution to learn localization from: the slips the model learns to make itself or,
+    with probability `settings.injected_fraction`, a mistake of any kind (`inject_error`) at a
+    uniformly random step, so that the check reads the question."""
+    if rng.random() < settings.injected_fraction:
         return inject_error(example, rng.randint(1, len(example["ops"])), rng)
     while True:
         steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate)

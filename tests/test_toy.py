@@ -116,6 +116,29 @@ def test_slipping_solver_slips_at_its_rates():
         assert slipped / (right + slipped) == pytest.approx(rate, abs=0.03)  # slips refused below 0 lower it
 
 
+@pytest.mark.parametrize("injected_fraction", [0.0, 0.2, 1.0])
+def test_localization_texts_mix_own_slips_and_injected_errors(injected_fraction):
+    """An injected error is at a uniformly random step and can be of any kind; the solver's own
+    slips only get results wrong, and land mostly on multiplications for toy-hard's rates."""
+    settings = dataclasses.replace(toy.MODELS["toy-hard"], injected_fraction=injected_fraction)
+    rng, not_slips, on_multiplications, n = random.Random(1), 0, 0, 2000
+    for example in toy.make_examples(n, seed=4, n_ops=4):
+        steps = toy.failed_solution(example, rng, settings)
+        k = toy.first_wrong_step(example, steps)
+        shown = toy.STEP.fullmatch(steps[k - 1]).groups()
+        value = toy.chain_values(example["start"], example["ops"][:k - 1])[-1] if k > 1 else example["start"]
+        not_slips += (int(shown[0]), shown[1], int(shown[2])) != (value, *example["ops"][k - 1])
+        on_multiplications += example["ops"][k - 1][0] == "*"
+    # injected: a wrong operand, operator or copied value 3 times in 4; a step of 4 on a multiplication
+    # about as often as multiplications occur (measured below on the problems themselves)
+    assert not_slips / n == pytest.approx(0.75 * injected_fraction, abs=0.04)
+    share = statistics.mean(op == "*" for ex in toy.make_examples(n, seed=4, n_ops=4) for op, _ in ex["ops"])
+    if injected_fraction == 1.0:
+        assert on_multiplications / n == pytest.approx(share, abs=0.04)
+    else:
+        assert on_multiplications / n > share + 0.15
+
+
 @pytest.fixture(scope="module")
 def baby_tokenizer():
     rng = random.Random(0)
