@@ -151,6 +151,7 @@ def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = Non
     curves = {m: {seed: eval_curve(lines) for seed, lines in by_seed.items()} for m, by_seed in metrics.items()}
     start = statistics.mean(curve[0][2] for curve in curves["grpo"].values())
     grpo_final = {seed: curve[-1][2] for seed, curve in curves["grpo"].items()}
+    start_final = {seed: curve[-1][2] for seed, curve in curves.get("start", {}).items()}
     target = start + (statistics.mean(grpo_final.values()) - start) / 2  # halfway from start to GRPO's final
 
     def mean_acc(curve):  # over the evaluations after step 0
@@ -168,6 +169,9 @@ def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = Non
         stats["methods"][method] = {
             "final": [curve[-1][2] for curve in by_seed.values()],
             "gain": [by_seed[seed][-1][2] - grpo_final[seed] for seed in paired],
+            # against the control that resets at step 1: what the reset's place brings, the buffer aside
+            "gain_over_start": [curve[-1][2] - start_final[seed] for seed, curve in by_seed.items()
+                                if seed in start_final],
             "area": [mean_acc(by_seed[seed]) - mean_acc(curves["grpo"][seed]) for seed in paired],
             "rollouts_to_target": [r[0] for r in reached if r],
             "tokens_to_target": [r[1] for r in reached if r],
@@ -196,8 +200,8 @@ def summarize(stats: dict, args, steps: int | None = None) -> str:
                   "No target for the rollouts-to-target columns: GRPO's final accuracy is not above the start.", "",
                   "| method | final accuracy | gain over GRPO | mean-accuracy gain over training | rollouts to target "
                   "| generated tokens to target | tokens per rollout | reset step = first error | "
-                  "correction from a clean prefix |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "correction from a clean prefix |" + (" gain over start |" if "start" in h["methods"] else ""),
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if "start" in h["methods"] else "")]
         for method, m in h["methods"].items():
             reach = f"{show(m['rollouts_to_target'], 0)} ({len(m['rollouts_to_target'])}/{m['seeds']})"
             tokens = f"{show(m['tokens_to_target'], 0)} ({len(m['tokens_to_target'])}/{m['seeds']})"
@@ -205,7 +209,8 @@ def summarize(stats: dict, args, steps: int | None = None) -> str:
             area = show(m["area"]) if method != "grpo" else "-"
             lines.append(f"| {method} | {show(m['final'])} | {gain} | {area} | {reach} | {tokens} | "
                          f"{show(m['tokens_per_rollout'], 1)} | {show(m['loc_exact'])} | "
-                         f"{show(m['suffix_acc_clean_prefix'])} |")
+                         f"{show(m['suffix_acc_clean_prefix'])} |"
+                         + (f" {show(m['gain_over_start']) if method != 'start' else '-'} |" if "start" in h["methods"] else ""))
         lines.append("")
     return "\n".join(lines)
 

@@ -154,6 +154,23 @@ def test_the_noise_horizon_must_be_swept_and_quick_runs_each_job_once(capsys):
     assert quick.horizons == [4] and quick.seeds == [0]
 
 
+def test_gains_over_the_start_control_are_paired_by_seed(tmp_path):
+    runs = {"grpo": {0: write_run(tmp_path / "g0", [0.2, 0.5]), 1: write_run(tmp_path / "g1", [0.2, 0.4])},
+            "start": {0: write_run(tmp_path / "s0", [0.2, 0.45]), 1: write_run(tmp_path / "s1", [0.2, 0.30])},
+            "oracle": {0: write_run(tmp_path / "o0", [0.2, 0.5]), 1: write_run(tmp_path / "o1", [0.2, 0.35])}}
+    stats = reproduce.horizon_stats(runs)
+    assert stats["methods"]["oracle"]["gain_over_start"] == pytest.approx([0.05, 0.05])
+    assert stats["methods"]["grpo"]["gain_over_start"] == pytest.approx([0.05, 0.10])
+    report = reproduce.summarize({"horizons": {"8": stats}}, type("Args", (), {
+        "model": "toy", "steps": 1, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4, "seeds": [0, 1],
+        "eval_size": 500})())
+    assert "gain over start |" in report and report.count(" 0.050 ± 0.000 |") == 1  # the oracle's row
+    without = reproduce.summarize({"horizons": {"8": reproduce.horizon_stats({"grpo": runs["grpo"]})}}, type(
+        "Args", (), {"model": "toy", "steps": 1, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4,
+                     "seeds": [0, 1], "eval_size": 500})())
+    assert "gain over start" not in without
+
+
 def test_the_report_after_an_earlier_step_reads_the_runs_up_to_it(tmp_path, capsys):
     runs = {"grpo": {0: write_run(tmp_path / "g0", [0.2, 0.3, 0.4, 0.6])},
             "oracle": {0: write_run(tmp_path / "o0", [0.2, 0.45, 0.5, 0.55], tokens_per_step=150)}}
