@@ -194,14 +194,15 @@ def summarize(stats: dict, args, steps: int | None = None) -> str:
              "sampling error of the one evaluation set, which every run shares); gains are paired by seed "
              "(the same data order), the mean-accuracy gain is over the evaluations after step 0.", ""]
     for horizon, h in stats["horizons"].items():
+        control = "start" in h["methods"]  # the reset buffer without a reset: one more column
         lines += [f"### Chains of {horizon} operations: starting accuracy {h['start_acc']:.3f}", "",
                   f"Target for the rollouts-to-target columns: {h['target']:.3f} (halfway from the start to "
                   "GRPO's final accuracy)." if h["target"] > h["start_acc"] else
                   "No target for the rollouts-to-target columns: GRPO's final accuracy is not above the start.", "",
                   "| method | final accuracy | gain over GRPO | mean-accuracy gain over training | rollouts to target "
                   "| generated tokens to target | tokens per rollout | reset step = first error | "
-                  "correction from a clean prefix |" + (" gain over start |" if "start" in h["methods"] else ""),
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if "start" in h["methods"] else "")]
+                  "correction from a clean prefix |" + (" gain over start |" if control else ""),
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if control else "")]
         for method, m in h["methods"].items():
             reach = f"{show(m['rollouts_to_target'], 0)} ({len(m['rollouts_to_target'])}/{m['seeds']})"
             tokens = f"{show(m['tokens_to_target'], 0)} ({len(m['tokens_to_target'])}/{m['seeds']})"
@@ -210,7 +211,7 @@ def summarize(stats: dict, args, steps: int | None = None) -> str:
             lines.append(f"| {method} | {show(m['final'])} | {gain} | {area} | {reach} | {tokens} | "
                          f"{show(m['tokens_per_rollout'], 1)} | {show(m['loc_exact'])} | "
                          f"{show(m['suffix_acc_clean_prefix'])} |"
-                         + (f" {show(m['gain_over_start']) if method != 'start' else '-'} |" if "start" in h["methods"] else ""))
+                         + (f" {show(m['gain_over_start']) if method != 'start' else '-'} |" if control else ""))
         lines.append("")
     return "\n".join(lines)
 
