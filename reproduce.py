@@ -164,14 +164,17 @@ def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = Non
     stats = {"start_acc": start, "target": target, "methods": {}}
     for method, by_seed in curves.items():
         paired = [seed for seed in by_seed if seed in grpo_final]
+
+        def gain_over(base_final):  # final accuracy minus the base's run of the same seed
+            return [curve[-1][2] - base_final[seed] for seed, curve in by_seed.items() if seed in base_final]
+
         # a target at or below the start (GRPO did not improve) measures nothing: no run reaches it
         reached = [first_reaching(curve, target) if target > start else None for curve in by_seed.values()]
         stats["methods"][method] = {
             "final": [curve[-1][2] for curve in by_seed.values()],
-            "gain": [by_seed[seed][-1][2] - grpo_final[seed] for seed in paired],
+            "gain": gain_over(grpo_final),
             # against the control that resets at step 1: what the reset's place brings, the buffer aside
-            "gain_over_start": [curve[-1][2] - start_final[seed] for seed, curve in by_seed.items()
-                                if seed in start_final],
+            "gain_over_start": gain_over(start_final),
             "area": [mean_acc(by_seed[seed]) - mean_acc(curves["grpo"][seed]) for seed in paired],
             "rollouts_to_target": [r[0] for r in reached if r],
             "tokens_to_target": [r[1] for r in reached if r],

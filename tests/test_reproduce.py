@@ -161,13 +161,11 @@ def test_gains_over_the_start_control_are_paired_by_seed(tmp_path):
     stats = reproduce.horizon_stats(runs)
     assert stats["methods"]["oracle"]["gain_over_start"] == pytest.approx([0.05, 0.05])
     assert stats["methods"]["grpo"]["gain_over_start"] == pytest.approx([0.05, 0.10])
-    report = reproduce.summarize({"horizons": {"8": stats}}, type("Args", (), {
-        "model": "toy", "steps": 1, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4, "seeds": [0, 1],
-        "eval_size": 500})())
+    args = type("Args", (), {"model": "toy", "steps": 1, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4,
+                             "seeds": [0, 1], "eval_size": 500})()
+    report = reproduce.summarize({"horizons": {"8": stats}}, args)
     assert "gain over start |" in report and report.count(" 0.050 ± 0.000 |") == 1  # the oracle's row
-    without = reproduce.summarize({"horizons": {"8": reproduce.horizon_stats({"grpo": runs["grpo"]})}}, type(
-        "Args", (), {"model": "toy", "steps": 1, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4,
-                     "seeds": [0, 1], "eval_size": 500})())
+    without = reproduce.summarize({"horizons": {"8": reproduce.horizon_stats({"grpo": runs["grpo"]})}}, args)
     assert "gain over start" not in without
 
 

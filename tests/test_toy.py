@@ -122,7 +122,8 @@ def test_localization_texts_mix_own_slips_and_injected_errors(injected_fraction)
     slips only get results wrong, and land mostly on multiplications for toy-hard's rates."""
     settings = dataclasses.replace(toy.MODELS["toy-hard"], injected_fraction=injected_fraction)
     rng, not_slips, on_multiplications, n = random.Random(1), 0, 0, 2000
-    for example in toy.make_examples(n, seed=4, n_ops=4):
+    examples = toy.make_examples(n, seed=4, n_ops=4)
+    for example in examples:
         steps = toy.failed_solution(example, rng, settings)
         k = toy.first_wrong_step(example, steps)
         shown = toy.STEP.fullmatch(steps[k - 1]).groups()
@@ -132,7 +133,7 @@ def test_localization_texts_mix_own_slips_and_injected_errors(injected_fraction)
     # injected: a wrong operand, operator or copied value 3 times in 4; a step of 4 on a multiplication
     # about as often as multiplications occur (measured below on the problems themselves)
     assert not_slips / n == pytest.approx(0.75 * injected_fraction, abs=0.04)
-    share = statistics.mean(op == "*" for ex in toy.make_examples(n, seed=4, n_ops=4) for op, _ in ex["ops"])
+    share = statistics.mean(op == "*" for ex in examples for op, _ in ex["ops"])
     if injected_fraction == 1.0:
         assert on_multiplications / n == pytest.approx(share, abs=0.04)
     else:
