@@ -75,7 +75,7 @@ def run_settings(method: str, horizon: int, seed: int, args) -> tuple[str, dict]
         extra = {**extra, "max_fresh": 12 * args.group_size // 8}
     return script, {"model": args.model, "dataset": f"toy-{horizon}", "seed": seed, "steps": args.steps,
                     "prompts_per_step": args.prompts_per_step, "group_size": args.group_size, "lr": args.lr,
-                    "eval_every": args.eval_every, "eval_size": args.eval_size, "save_every": args.steps,
+                    "loss_agg": args.loss_agg, "eval_every": args.eval_every, "eval_size": args.eval_size, "save_every": args.steps,
                     **extra}
 
 
@@ -191,7 +191,7 @@ def summarize(stats: dict, args, steps: int | None = None) -> str:
     """The markdown report of a sweep (of its runs after `steps`, default all of them)."""
     lines = [f"Baby model `{args.model}`, {steps or args.steps} steps x {args.prompts_per_step} prompts x "
              f"{args.group_size} rollouts, "
-             f"lr {args.lr}, seeds {args.seeds}. Accuracy: one sample per problem at temperature 1 on "
+             f"lr {args.lr}, {args.loss_agg} loss, seeds {args.seeds}. Accuracy: one sample per problem at temperature 1 on "
              f"{args.eval_size} held-out problems, the same problems and random draws in every evaluation of "
              "every run. Means ± half-width of the 95% t interval over training seeds (it leaves out the "
              "sampling error of the one evaluation set, which every run shares); gains are paired by seed "
@@ -304,6 +304,9 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=4, help="steps between evaluations")
     parser.add_argument("--eval-size", type=int, default=500, help="held-out problems per evaluation")
     parser.add_argument("--lr", type=float, default=1e-4, help="learning rate, the same for every method")
+    parser.add_argument("--loss-agg", default="seq-mean", choices=["seq-mean", "token-mean"],
+                        help="the loss's average, the same for every method: over each rollout's tokens, then "
+                             "over rollouts (the paper), or over all tokens of the batch")
     parser.add_argument("--oracle-noise", type=float, nargs="*", default=[0.25, 0.5],
                         help="oracle resets replaced by a random step with these probabilities")
     parser.add_argument("--noise-horizon", type=int, default=None,

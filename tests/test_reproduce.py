@@ -79,7 +79,7 @@ def test_a_target_never_reached_is_left_out_and_counted(tmp_path):
     assert stats["methods"]["rrpo"]["rollouts_to_target"] == []
     report = reproduce.summarize({"horizons": {"3": stats}}, type("Args", (), {
         "model": "toy", "steps": 2, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4, "seeds": [0],
-        "eval_size": 500})())
+        "eval_size": 500, "loss_agg": "seq-mean"})())
     assert "| rrpo | 0.300 | -0.300 |" in report and "(0/1)" in report
 
 
@@ -91,7 +91,7 @@ def test_a_target_at_or_below_the_start_is_reached_by_no_run(tmp_path):
     assert stats["methods"]["oracle"]["rollouts_to_target"] == [] and stats["methods"]["grpo"]["tokens_to_target"] == []
     report = reproduce.summarize({"horizons": {"3": stats}}, type("Args", (), {
         "model": "toy", "steps": 2, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4, "seeds": [0],
-        "eval_size": 500})())
+        "eval_size": 500, "loss_agg": "seq-mean"})())
     assert "No target" in report and "(0/1)" in report
 
 
@@ -102,7 +102,7 @@ def test_each_run_passes_the_sweeps_settings_to_its_script(method, group_size, t
     equal the settings the sweep compares with a finished run's config."""
     import grpo, rrpo, run, srpo
     args = reproduce.parse_args(["--steps", "12", "--lr", "3e-5", "--eval-every", "3", "--out", str(tmp_path),
-                                 "--group-size", str(group_size)])
+                                 "--group-size", str(group_size), "--loss-agg", "token-mean"])
     commands = []
     monkeypatch.setattr(reproduce.subprocess, "run", lambda command, **kwargs: commands.append(command))
     reproduce.run(method, 8, 7, args)
@@ -112,6 +112,7 @@ def test_each_run_passes_the_sweeps_settings_to_its_script(method, group_size, t
     parsed = run.parse_config(config_class, commands[0][2:])
     assert {key: getattr(parsed, key) for key in settings} == settings
     assert settings["lr"] == 3e-5 and settings["steps"] == 12 and settings["dataset"] == "toy-8"
+    assert parsed.loss_agg == "token-mean"
     assert settings.get("oracle_noise") == (0.25 if method == "oracle-noise0.25" else None)
     assert parsed.group_size == group_size
     if method != "grpo":  # the paper's 12 attempts to find a parent for a budget of 8, in proportion
@@ -143,6 +144,9 @@ def test_a_finished_run_is_reused_only_with_the_same_settings(tmp_path, monkeypa
     other = reproduce.parse_args(["--steps", "12", "--lr", "1e-4", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"lr 3e-05 there, 0.0001 here.*its own --out"):
         reproduce.run("oracle", 8, 3, other)
+    token_mean = reproduce.parse_args(["--steps", "12", "--lr", "3e-5", "--loss-agg", "token-mean", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"loss_agg seq-mean there, token-mean here"):
+        reproduce.run("oracle", 8, 3, token_mean)
 
 
 def test_the_noise_horizon_must_be_swept_and_quick_runs_each_job_once(capsys):
@@ -162,7 +166,7 @@ def test_gains_over_the_start_control_are_paired_by_seed(tmp_path):
     assert stats["methods"]["oracle"]["gain_over_start"] == pytest.approx([0.05, 0.05])
     assert stats["methods"]["grpo"]["gain_over_start"] == pytest.approx([0.05, 0.10])
     args = type("Args", (), {"model": "toy", "steps": 1, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4,
-                             "seeds": [0, 1], "eval_size": 500})()
+                             "seeds": [0, 1], "eval_size": 500, "loss_agg": "seq-mean"})()
     report = reproduce.summarize({"horizons": {"8": stats}}, args)
     assert "gain over start |" in report and report.count(" 0.050 ± 0.000 |") == 1  # the oracle's row
     without = reproduce.summarize({"horizons": {"8": reproduce.horizon_stats({"grpo": runs["grpo"]})}}, args)
