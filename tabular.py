@@ -18,12 +18,17 @@ prompt for every method:
   1..n instead (noisy oracle; q = 1 is random resets, RRPO); group 2 = 4 suffixes that keep the
   parent's steps 1..k-1 and resample steps k..n, trained on those steps only. No wrong fresh
   solution among 12: 4 of them and 4 new ones form one group (the no-failure fallback).
+- start, the control: the same buffer with the reset always at step 1, so group 2 is 4 more fresh
+  solutions in their own group and the parent is still left out: the buffer without a reset's
+  place. The reset methods' final accuracy is also reported against it.
 
     advantages  A_i = (r_i - mean(r_g)) / std(r_g) within each group g, population std; 0 if std = 0
     loss        L = - mean_i( A_i * mean_{j in trained steps of i} log pi(step j of i) )
     gradient    dL/dtheta_t = - mean_i( A_i / |S_i| * sum_{j in S_i, type t} (right_ij - p_t) )
 
 The mean over i runs over all 8 x --prompts rollouts of an iteration (zero-advantage ones too).
+With --loss-agg token-mean every trained step has the same weight instead: A_i / |S_i| becomes
+A_i / mean_i |S_i|, which for GRPO (every |S_i| = n) changes nothing.
 The update is plain gradient descent, theta <- theta - lr * dL/dtheta, one step per iteration:
 the project's AdamW and gradient clipping are left out, so that a step is proportional to the
 signal a buffer carries, as in the theory. (With Adam's per-logit normalisation, 8 logits whose
@@ -93,29 +98,37 @@ def group_advantages(rewards: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return advantages
 
 
-def policy_loss(logits, types, right, trained, advantages) -> np.ndarray:
-    """grpo.policy_loss (seq-mean, on-policy) of each run's batch, -> (runs,).
+def rollout_weights(trained, advantages, agg="seq-mean") -> np.ndarray:
+    """The weight of each trained step's log pi in the loss, per rollout, (runs, prompts, B):
+    seq-mean (the paper) A_i / |S_i| / (rollouts of the batch), every rollout the same total weight;
+    token-mean A_i / (trained steps of the batch), every step the same weight."""
+    if agg == "seq-mean":
+        return advantages / np.maximum(trained.sum(-1), 1) / np.prod(advantages.shape[1:])
+    if agg == "token-mean":
+        return advantages / np.maximum(trained.sum((1, 2, 3)), 1)[:, None, None]
+    raise ValueError(f"agg must be 'seq-mean' or 'token-mean', not '{agg}'")
+
+
+def policy_loss(logits, types, right, trained, advantages, agg="seq-mean") -> np.ndarray:
+    """grpo.policy_loss (on-policy, `agg` as its loss_agg) of each run's batch, -> (runs,).
 
     logits (runs, 8); types (runs, prompts, n); right, trained (runs, prompts, B, n) bool;
     advantages (runs, prompts, B). log pi of a step is log p_t if right, log(1 - p_t) if not.
     """
     theta = np.take_along_axis(logits[:, None, None, :], types[:, :, None, :], -1)  # (runs, prompts, 1, n)
     logp = np.where(right, -np.logaddexp(0, -theta), -np.logaddexp(0, theta))
-    per_rollout = (logp * trained).sum(-1) / np.maximum(trained.sum(-1), 1)
-    return -(advantages * per_rollout).mean((1, 2))
+    return -(rollout_weights(trained, advantages, agg) * (logp * trained).sum(-1)).sum((1, 2))
 
 
-def loss_gradient(logits, types, right, trained, advantages) -> np.ndarray:
+def loss_gradient(logits, types, right, trained, advantages, agg="seq-mean") -> np.ndarray:
     """d policy_loss / d logits, (runs, 8), in closed form: d log p_t / d theta_t = 1 - p_t and
     d log(1 - p_t) / d theta_t = -p_t, i.e. right - p_t for a step of type t."""
-    runs, prompts, rollouts, _ = right.shape
+    runs = len(logits)
     p_step = np.take_along_axis(sigmoid(logits)[:, None, :], types.reshape(runs, 1, -1), -1).reshape(types.shape)
     score = trained * (right - p_step[:, :, None, :])  # (runs, prompts, B, n)
-    weight = advantages / np.maximum(trained.sum(-1), 1)  # (runs, prompts, B)
-    per_step = (score * weight[..., None]).sum(2)  # (runs, prompts, n)
+    per_step = (score * rollout_weights(trained, advantages, agg)[..., None]).sum(2)  # (runs, prompts, n)
     index = np.arange(runs)[:, None, None] * N_TYPES + types
-    grad = np.bincount(index.ravel(), per_step.ravel(), minlength=runs * N_TYPES).reshape(runs, N_TYPES)
-    return -grad / (prompts * rollouts)
+    return -np.bincount(index.ravel(), per_step.ravel(), minlength=runs * N_TYPES).reshape(runs, N_TYPES)
 
 
 def sample_steps(rng, logits, types, count) -> np.ndarray:
@@ -134,9 +147,11 @@ def grpo_rollouts(rng, logits, types, group_size=8):
             "has_parent": np.zeros((runs, prompts), bool), "reset_step": np.zeros((runs, prompts), int)}
 
 
-def reset_rollouts(rng, logits, types, noise=0.0, group_size=8, max_fresh=12):
+def reset_rollouts(rng, logits, types, noise=0.0, group_size=8, max_fresh=12, reset_at=None):
     """The buffer of rrpo.reset_rollouts for every prompt at once; the reset step is the parent's
-    first wrong step, or with probability `noise` a uniform one. reset_step is 1-based (0: none)."""
+    first wrong step, or with probability `noise` a uniform one, or always `reset_at` (1: the
+    control, the reset buffer without a reset: 4 more fresh solutions as group 2). reset_step is
+    1-based (0: none)."""
     half, horizon = group_size // 2, types.shape[2]
     fresh = sample_steps(rng, logits, types, max_fresh + half)  # the last `half`: the fallback's
     runs, prompts = types.shape[:2]
@@ -152,6 +167,8 @@ def reset_rollouts(rng, logits, types, noise=0.0, group_size=8, max_fresh=12):
     first_wrong = (~parent).argmax(-1) + 1  # 1-based
     uniform = rng.integers(1, horizon + 1, (runs, prompts))
     reset_step = np.where(rng.random((runs, prompts)) < noise, uniform, first_wrong)
+    if reset_at is not None:  # after the draws above, so that the other methods' draws stay the same
+        reset_step = np.full((runs, prompts), reset_at)
     suffix_steps = np.arange(horizon) >= (reset_step - 1)[..., None, None]  # steps k..n, (runs, prompts, 1, n)
     resampled = sample_steps(rng, logits, types, half)
     suffixes = np.where(suffix_steps, resampled, parent[:, :, None, :])  # the parent's steps 1..k-1, then new ones
@@ -169,7 +186,7 @@ def reset_rollouts(rng, logits, types, noise=0.0, group_size=8, max_fresh=12):
             "reset_step": np.where(has_parent, reset_step, 0)}
 
 
-def train(rng, make_rollouts, logits, lrs, horizon, problems, **method):
+def train(rng, make_rollouts, logits, lrs, horizon, problems, agg="seq-mean", **method):
     """Runs side by side: logits (runs, 8), lrs (runs,), problems: per iteration the step types
     (runs, prompts, n). Returns accuracy (iterations + 1, runs), steps sampled (iterations, runs), and the
     share of groups with no signal (all, suffix groups), each (runs,)."""
@@ -187,7 +204,7 @@ def train(rng, make_rollouts, logits, lrs, horizon, problems, **method):
             groups, silent = groups + present.sum(1), silent + flat.sum(1)
             if g == 1:
                 suffix_groups, silent_suffix = suffix_groups + present.sum(1), silent_suffix + flat.sum(1)
-        logits -= lrs[:, None] * loss_gradient(logits, types, batch["right"], batch["trained"], advantages)
+        logits -= lrs[:, None] * loss_gradient(logits, types, batch["right"], batch["trained"], advantages, agg)
         acc.append(accuracy(logits, horizon))
         steps_sampled.append(batch["steps_sampled"])
     return (np.array(acc), np.array(steps_sampled), silent / groups,
@@ -200,6 +217,7 @@ def methods(noises):
     out = {"GRPO": (grpo_rollouts, {})}
     for q in noises:
         out[named.get(q, f"oracle, {q:.0%} noise")] = (reset_rollouts, {"noise": q})
+    out["start"] = (reset_rollouts, {"reset_at": 1})  # last: the other methods keep their random streams
     return out
 
 
@@ -219,7 +237,7 @@ def simulate(args):
         rng = np.random.default_rng([args.seed, m])
         problems = (np.broadcast_to(types, shape).reshape(-1, args.prompts, args.horizon) for types in seed_problems)
         acc, steps, silent, silent_suffix = train(rng, make_rollouts, start[cond_index], lrs, args.horizon,
-                                                  problems, **kwargs)
+                                                  problems, args.loss_agg, **kwargs)
         for c, (s, g) in enumerate(conditions):
             for li, lr in enumerate(args.lrs):
                 runs = slice((c * len(args.lrs) + li) * args.seeds, (c * len(args.lrs) + li + 1) * args.seeds)
@@ -249,6 +267,11 @@ def interval(rng, a, b=None, stat=lambda a, b: a.mean(-1), draws=2000) -> tuple[
     return value, low, high
 
 
+def final_gain(rng, run, base) -> tuple[float, float, float]:
+    """Final accuracy minus base's, mean over seeds and its 95% interval."""
+    return interval(rng, run["acc"][:, -1], base["acc"][:, -1], lambda a, b: a.mean(-1) - b.mean(-1))
+
+
 def compare(rng, run, grpo, args) -> dict:
     """One method's runs against GRPO's, seed by seed: final accuracy and its gain, iterations and
     steps sampled to reach the target (halfway from the start to GRPO's final mean accuracy)
@@ -262,8 +285,7 @@ def compare(rng, run, grpo, args) -> dict:
         return cumulative[np.arange(len(iters)), np.minimum(iters, args.iterations)]
 
     return {"target": target, "reached": int((iters <= args.iterations).sum()),
-            "final": interval(rng, run["acc"][:, -1]),
-            "gain": interval(rng, run["acc"][:, -1], grpo["acc"][:, -1], lambda a, b: a.mean(-1) - b.mean(-1)),
+            "final": interval(rng, run["acc"][:, -1]), "gain": final_gain(rng, run, grpo),
             "iters": interval(rng, iters.astype(float)),
             "iters_ratio": interval(rng, iters.astype(float), grpo_iters.astype(float), ratio),
             "steps_ratio": interval(rng, steps_to(run, iters), steps_to(grpo, grpo_iters), ratio),
@@ -273,16 +295,19 @@ def compare(rng, run, grpo, args) -> dict:
 
 def summarize(results, args) -> list[dict]:
     """A row per (start accuracy, hard gap, method, lr), against GRPO at the same lr, and one per
-    (start accuracy, hard gap, method) with lr "best": each method at its own best lr."""
-    rng = np.random.default_rng(0)
+    (start accuracy, hard gap, method) with lr "best": each method at its own best lr. Each row also
+    holds the final accuracy's gain over the start control (at the same lr; at its best lr)."""
+    rng, control_rng = np.random.default_rng(0), np.random.default_rng(1)
     rows = []
     for (s, g, name), by_lr in results.items():
-        grpo = results[(s, g, "GRPO")]
+        grpo, control = results[(s, g, "GRPO")], results[(s, g, "start")]
         for lr in args.lrs:
-            rows.append({"start": s, "gap": g, "method": name, "lr": lr, **compare(rng, by_lr[lr], grpo[lr], args)})
+            rows.append({"start": s, "gap": g, "method": name, "lr": lr, **compare(rng, by_lr[lr], grpo[lr], args),
+                         "gain_over_start": final_gain(control_rng, by_lr[lr], control[lr])})
         best, grpo_best = best_lr(by_lr), best_lr(grpo)
         rows.append({"start": s, "gap": g, "method": name, "lr": "best", "best_lr": best,
-                     **compare(rng, by_lr[best], grpo[grpo_best], args)})
+                     **compare(rng, by_lr[best], grpo[grpo_best], args),
+                     "gain_over_start": final_gain(control_rng, by_lr[best], control[best_lr(control)])})
     return rows
 
 
@@ -308,6 +333,7 @@ def tables(rows, args) -> str:
     details), then by lr."""
     names = list(methods(args.noise))
     resets, lr_names = names[1:], [f"lr {lr:g}" for lr in args.lrs]
+    placed = [m for m in resets if m != "start"]  # the resets with a place, against the control
     conditions = [(0.0, "no hard step type"), (args.hard_gap, f"one hard step type, {args.hard_gap:g} nats lower")]
     out = []
     for g, title in conditions:
@@ -321,6 +347,11 @@ def tables(rows, args) -> str:
                 *header("start acc", "GRPO final", *resets)]
         out += [f"| {s:.2f} | {fmt(best[s, 'GRPO']['final'], 3)} | "
                 + " | ".join(fmt(best[s, m]["gain"], 3, signed=True) for m in resets) + " |" for s in args.start_acc]
+        out += ["", "Final accuracy minus the start control's (the reset's place, against the reset buffer alone):",
+                "", *header("start acc", "start final", *placed)]
+        out += [f"| {s:.2f} | {fmt(best[s, 'start']['final'], 3)} | "
+                + " | ".join(fmt(best[s, m]["gain_over_start"], 3, signed=True) for m in placed) + " |"
+                for s in args.start_acc]
         out += ["", "Details. lr: the method's best; steps to target: steps sampled (tokens) until the target, "
                 "relative to GRPO; silent: share of groups (all; suffix groups) whose rewards are all equal.", "",
                 *header("start acc", "method", "lr", "target", "iterations", "steps to target", "steps / iteration",
@@ -337,10 +368,14 @@ def tables(rows, args) -> str:
         out += [f"| {s:.2f} | " + " | ".join(f"{at[s, 'GRPO', lr]['iters'][0]:.1f}; {at[s, 'GRPO', lr]['final'][0]:.3f}"
                                             for lr in args.lrs) + " |" for s in args.start_acc]
         for m in resets:
-            out += ["", f"{m}: iterations to the target relative to GRPO; gain in final accuracy:", "",
+            over_start = m != "start"
+            out += ["", f"{m}: iterations to the target relative to GRPO; gain in final accuracy"
+                        + (" over GRPO; over the start control:" if over_start else ":"), "",
                     *header("start acc", *lr_names)]
-            out += [f"| {s:.2f} | " + " | ".join(f"{iters_cell(at[s, m, lr], args)}; {at[s, m, lr]['gain'][0]:+.3f}"
-                                                for lr in args.lrs) + " |" for s in args.start_acc]
+            out += [f"| {s:.2f} | " + " | ".join(
+                f"{iters_cell(at[s, m, lr], args)}; {at[s, m, lr]['gain'][0]:+.3f}"
+                + (f"; {at[s, m, lr]['gain_over_start'][0]:+.3f}" if over_start else "") for lr in args.lrs) + " |"
+                for s in args.start_acc]
         out.append("")
     return "\n".join(out)
 
@@ -386,6 +421,9 @@ def main():
     parser.add_argument("--lrs", type=float, nargs="+", default=[2, 4, 8, 16, 32], help="learning-rate grid")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0],
                         help="reset methods: oracle noise q (0 = oracle, 1 = random resets)")
+    parser.add_argument("--loss-agg", default="seq-mean", choices=["seq-mean", "token-mean"],
+                        help="the loss's average: over each rollout's trained steps, then rollouts (the paper), "
+                             "or over all trained steps of the batch")
     parser.add_argument("--seeds", type=int, default=20, help="independent runs per method, condition and lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a small sweep for a smoke test")
@@ -398,7 +436,8 @@ def main():
     began = time.time()
     rows = summarize(simulate(args), args)
     report = (f"Tabular stand-in: n = {args.horizon} steps of 8 types, {args.prompts} prompts x 8 scored rollouts "
-              f"per iteration, {args.iterations} iterations, {args.seeds} seeds, lr grid {args.lrs}: every method at "
+              f"per iteration, {args.iterations} iterations, {args.seeds} seeds, lr grid {args.lrs}, {args.loss_agg} loss: "
+              f"every method at "
               f"its best lr, then at every lr against GRPO at the same lr. Target: halfway from the starting accuracy "
               f"to GRPO's final. Mean [95% bootstrap interval over seeds].\n\n" + tables(rows, args))
     out.mkdir(parents=True, exist_ok=True)

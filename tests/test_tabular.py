@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import grpo
@@ -24,10 +25,11 @@ def random_batch(rng, runs=2, prompts=3, rollouts=4, horizon=5):
     return rng.normal(size=(runs, tabular.N_TYPES)), types, right, trained, advantages
 
 
-def test_loss_and_gradient_equal_grpo_policy_loss_through_autograd():
+@pytest.mark.parametrize("agg", ["seq-mean", "token-mean"])
+def test_loss_and_gradient_equal_grpo_policy_loss_through_autograd(agg):
     logits, types, right, trained, advantages = random_batch(np.random.default_rng(0))
-    loss = tabular.policy_loss(logits, types, right, trained, advantages)
-    grad = tabular.loss_gradient(logits, types, right, trained, advantages)
+    loss = tabular.policy_loss(logits, types, right, trained, advantages, agg)
+    grad = tabular.loss_gradient(logits, types, right, trained, advantages, agg)
     for run in range(len(logits)):
         theta = torch.tensor(logits[run], dtype=torch.float64, requires_grad=True)
         step_logits = theta[torch.from_numpy(types[run])][:, None, :].expand(right.shape[1:])  # (prompts, B, n)
@@ -35,23 +37,40 @@ def test_loss_and_gradient_equal_grpo_policy_loss_through_autograd():
                                torch.nn.functional.logsigmoid(-step_logits))
         horizon = right.shape[-1]
         reference = grpo.policy_loss(logprobs.reshape(-1, horizon), torch.from_numpy(advantages[run]).reshape(-1),
-                                     torch.from_numpy(trained[run]).reshape(-1, horizon))
+                                     torch.from_numpy(trained[run]).reshape(-1, horizon), agg=agg)
         reference.backward()
         assert abs(reference.item() - loss[run]) < 1e-12
         assert np.allclose(theta.grad.numpy(), grad[run], atol=1e-12)
 
 
-def test_gradient_equals_finite_differences():
+@pytest.mark.parametrize("agg", ["seq-mean", "token-mean"])
+def test_gradient_equals_finite_differences(agg):
     logits, types, right, trained, advantages = random_batch(np.random.default_rng(1))
-    grad = tabular.loss_gradient(logits, types, right, trained, advantages)
+    grad = tabular.loss_gradient(logits, types, right, trained, advantages, agg)
     eps = 1e-6
     for t in range(tabular.N_TYPES):
         shift = np.zeros_like(logits)
         shift[:, t] = eps
-        numeric = (tabular.policy_loss(logits + shift, types, right, trained, advantages)
-                   - tabular.policy_loss(logits - shift, types, right, trained, advantages)) / (2 * eps)
+        numeric = (tabular.policy_loss(logits + shift, types, right, trained, advantages, agg)
+                   - tabular.policy_loss(logits - shift, types, right, trained, advantages, agg)) / (2 * eps)
         assert np.allclose(numeric, grad[:, t], atol=1e-8)
     assert np.abs(grad).max() > 1e-3  # a real gradient, not zeros matching zeros
+
+
+def test_token_mean_weights_steps_alike_and_leaves_full_rollouts_as_they_are():
+    logits, types, right, trained, advantages = random_batch(np.random.default_rng(2))
+    gradient = lambda mask, agg: tabular.loss_gradient(logits, types, right, mask, advantages, agg)  # noqa: E731
+    # Every rollout trained on every step (GRPO): both averages give the same gradient; with
+    # suffix-like masks they differ.
+    full = np.ones_like(trained)
+    assert np.allclose(gradient(full, "token-mean"), gradient(full, "seq-mean"), atol=1e-15)
+    assert not np.allclose(gradient(trained, "token-mean"), gradient(trained, "seq-mean"), atol=1e-3)
+    # By hand: a batch of two rollouts of 1 and 3 trained steps, A = 1 and 2. seq-mean weighs a
+    # step by A_i / |S_i| / 2 (1/2 and 1/3), token-mean by A_i / 4 (1/4 and 1/2).
+    mask = np.array([[[[True, False, False], [True, True, True]]]])
+    two = np.array([[[1.0, 2.0]]])
+    assert np.allclose(tabular.rollout_weights(mask, two, "seq-mean"), [[[1 / 2, 1 / 3]]])
+    assert np.allclose(tabular.rollout_weights(mask, two, "token-mean"), [[[1 / 4, 1 / 2]]])
 
 
 def test_gradient_of_one_step_by_hand():
@@ -186,7 +205,9 @@ def test_every_method_scores_eight_rollouts_per_prompt_and_counts_its_steps():
         # A failing problem: its parent is the first fresh solution, found among the first 5;
         # 4 suffixes of n - k + 1 steps. Otherwise: 12 fresh without a failure, then 4 more.
         k = batch["reset_step"][0]
-        if kwargs["noise"] == 0.0:
+        if name == "start":  # the control: group 2 is 4 whole new solutions, trained on every step
+            assert (k[has_type0] == 1).all() and batch["trained"][0, has_type0].all()
+        elif kwargs["noise"] == 0.0:
             assert (k[has_type0] == first_type0[has_type0]).all()
         per_prompt = np.where(has_type0, 5 * horizon + 4 * (horizon - k + 1), 16 * horizon)
         assert batch["steps_sampled"][0] == per_prompt.sum()
@@ -211,5 +232,6 @@ def test_quick_run_prints_and_writes_the_tables(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "| start acc | GRPO iterations | oracle |" in result.stdout
+    assert "| random | start |" in result.stdout and "| start acc | start final | oracle |" in result.stdout
     assert "every method at its best lr" in result.stdout and "random" in result.stdout
     assert (tmp_path / "tabular-results.md").read_text().startswith("Tabular stand-in")
