@@ -5,6 +5,7 @@ import itertools
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -214,6 +215,33 @@ def test_every_method_scores_eight_rollouts_per_prompt_and_counts_its_steps():
         assert all(s == ([4, 4] if failing else [0, 8]) for s, failing in zip(sizes, has_type0))
         rewards = batch["reward"][0]
         assert (rewards[has_type0] == 0).all() and (rewards[~has_type0] == 1).all()
+
+
+def small_sweep(**changes):
+    settings = dict(start_acc=[0.3], hard_gap=3.0, horizon=8, iterations=6, prompts=8, lrs=[4.0], noise=[0.0],
+                    seeds=3, seed=0, loss_agg="seq-mean")
+    return SimpleNamespace(**{**settings, **changes})
+
+
+def test_the_loss_average_reaches_training_and_changes_only_the_resets_with_a_place():
+    seq, token = tabular.simulate(small_sweep()), tabular.simulate(small_sweep(loss_agg="token-mean"))
+    for key in seq:
+        same = np.array_equal(seq[key][4.0]["acc"], token[key][4.0]["acc"])
+        assert same == (key[2] in ("GRPO", "start")), key  # every rollout of these trains on all steps
+
+
+def test_each_row_holds_its_gain_over_the_start_control():
+    args = small_sweep(lrs=[2.0, 8.0])
+    results = tabular.simulate(args)
+    rows = tabular.summarize(results, args)
+    for row in rows:
+        control = results[(row["start"], row["gap"], "start")]
+        lr = row["lr"] if row["lr"] != "best" else tabular.best_lr(control)
+        mine = results[(row["start"], row["gap"], row["method"])][row["best_lr"] if row["lr"] == "best" else lr]
+        expected = mine["acc"][:, -1].mean() - control[lr]["acc"][:, -1].mean()
+        low, high = row["gain_over_start"][1:]
+        assert row["gain_over_start"][0] == pytest.approx(expected) and low <= expected <= high
+    assert any(abs(row["gain_over_start"][0]) > 1e-3 for row in rows if row["method"] == "oracle")
 
 
 def test_training_raises_the_accuracy_for_every_method():
