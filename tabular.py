@@ -149,9 +149,9 @@ def grpo_rollouts(rng, logits, types, group_size=8):
 
 def reset_rollouts(rng, logits, types, noise=0.0, group_size=8, max_fresh=12, reset_at=None):
     """The buffer of rrpo.reset_rollouts for every prompt at once; the reset step is the parent's
-    first wrong step, or with probability `noise` a uniform one, or always `reset_at` (1: the
-    control, the reset buffer without a reset: 4 more fresh solutions as group 2). reset_step is
-    1-based (0: none)."""
+    first wrong step (or `reset_at` in its place; 1: the control, the reset buffer without a reset,
+    4 more fresh solutions as group 2), with probability `noise` a uniform one instead. reset_step
+    is 1-based (0: none)."""
     half, horizon = group_size // 2, types.shape[2]
     fresh = sample_steps(rng, logits, types, max_fresh + half)  # the last `half`: the fallback's
     runs, prompts = types.shape[:2]
@@ -166,9 +166,8 @@ def reset_rollouts(rng, logits, types, noise=0.0, group_size=8, max_fresh=12, re
     parent = np.take_along_axis(fresh, parent_index[..., None, None], 2)[:, :, 0]  # (runs, prompts, n)
     first_wrong = (~parent).argmax(-1) + 1  # 1-based
     uniform = rng.integers(1, horizon + 1, (runs, prompts))
-    reset_step = np.where(rng.random((runs, prompts)) < noise, uniform, first_wrong)
-    if reset_at is not None:  # after the draws above, so that the other methods' draws stay the same
-        reset_step = np.full((runs, prompts), reset_at)
+    placed = first_wrong if reset_at is None else np.full_like(first_wrong, reset_at)
+    reset_step = np.where(rng.random((runs, prompts)) < noise, uniform, placed)
     suffix_steps = np.arange(horizon) >= (reset_step - 1)[..., None, None]  # steps k..n, (runs, prompts, 1, n)
     resampled = sample_steps(rng, logits, types, half)
     suffixes = np.where(suffix_steps, resampled, parent[:, :, None, :])  # the parent's steps 1..k-1, then new ones
@@ -437,8 +436,7 @@ def main():
     rows = summarize(simulate(args), args)
     report = (f"Tabular stand-in: n = {args.horizon} steps of 8 types, {args.prompts} prompts x 8 scored rollouts "
               f"per iteration, {args.iterations} iterations, {args.seeds} seeds, lr grid {args.lrs}, {args.loss_agg} loss: "
-              f"every method at "
-              f"its best lr, then at every lr against GRPO at the same lr. Target: halfway from the starting accuracy "
+              f"every method at its best lr, then at every lr against GRPO at the same lr. Target: halfway from the starting accuracy "
               f"to GRPO's final. Mean [95% bootstrap interval over seeds].\n\n" + tables(rows, args))
     out.mkdir(parents=True, exist_ok=True)
     (out / "tabular-results.md").write_text(report)
