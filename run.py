@@ -45,7 +45,12 @@ HUB_ORGS = {"Qwen2.5": "Qwen", "Qwen3": "Qwen", "Qwen2": "Qwen", "SmolLM2": "Hug
 
 def resolve_model_name(name: str) -> str:
     """Short names to hub ids: resolve_model_name("Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"."""
-    if "/" in name or Path(name).exists():
+    if Path(name).exists():
+        return name
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith(".gguf"):
+        raise SystemExit(f"No model at '{name}': no such file or folder. Pass a local model folder, a .gguf "
+                         f"file, or a hub id such as 'Qwen/Qwen2.5-1.5B'.")
+    if "/" in name:
         return name
     for family, org in HUB_ORGS.items():
         if name.lower().startswith(family.lower()):

@@ -397,9 +397,9 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_tokenizer,
 
 
 def test_missing_model_and_dataset_fail_with_a_message(tmp_path):
-    cfg = grpo.Config(model=str(tmp_path / "no-such-model.gguf"))
-    with pytest.raises(SystemExit, match="Unknown model|Cannot load the model"):
-        run.load_model(cfg, torch.device("cpu"))
+    for missing in (tmp_path / "no-such-model.gguf", tmp_path / "no-such-folder", "./no-such-folder"):
+        with pytest.raises(SystemExit, match="no such file or folder"):
+            run.load_model(grpo.Config(model=str(missing)), torch.device("cpu"))
     with pytest.raises(SystemExit, match="Cannot load the dataset 'no-such-file.jsonl'"):
         run.load_examples("no-such-file.jsonl", True, grpo.Config())
 
