@@ -98,8 +98,12 @@ def run(method: str, horizon: int, seed: int, args) -> Path:
     flags = [item for key, value in settings.items() for item in (f"--{key.replace('_', '-')}", str(value))]
     command = [sys.executable, str(Path(__file__).parent / script), *flags, "--out", str(out), "--overwrite"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(out.parent / f"{out.name}.log", "w") as log:
-        subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    log_path = out.parent / f"{out.name}.log"
+    with open(log_path, "w") as log:
+        failed = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if failed:
+        last_lines = "\n".join(log_path.read_text(errors="replace").replace("\r", "\n").splitlines()[-5:])
+        raise SystemExit(f"The run '{out}' failed (exit status {failed}). The end of its log, {log_path}:\n{last_lines}")
     return out
 
 
@@ -321,6 +325,19 @@ def parse_args(argv=None):
         args.horizons, args.oracle_noise = [args.horizons[0], args.horizons[-1]], args.oracle_noise[:1]
     args.horizons, args.seeds = list(dict.fromkeys(args.horizons)), list(dict.fromkeys(args.seeds))
     args.methods = list(dict.fromkeys(args.methods))
+    import toy
+
+    ranges = {"--horizons": (args.horizons, 1, toy.MAX_N_OPS), "--seeds": (args.seeds, 0, None),
+              "--steps": ([args.steps], 1, None), "--prompts-per-step": ([args.prompts_per_step], 1, None),
+              "--eval-every": ([args.eval_every], 1, None), "--eval-size": ([args.eval_size], 1, None),
+              "--oracle-noise": (args.oracle_noise, 0, 1), "--workers": ([args.workers], 1, None)}
+    for flag, (values, low, high) in ranges.items():
+        bad = [value for value in values if value < low or (high is not None and value > high)]
+        if bad:
+            parser.error(f"{flag} {' '.join(map(str, bad))}: must be at least {low}"
+                         + (f" and at most {high}" if high is not None else "") + ".")
+    if args.lr <= 0:
+        parser.error(f"--lr {args.lr}: must be above 0.")
     if "grpo" not in args.methods:
         parser.error(f"--methods {' '.join(args.methods)}: add grpo, whose runs every gain is measured against.")
     if args.group_size < 2 or args.group_size % 2:
@@ -345,7 +362,12 @@ def main():
     jobs = [(method, horizon, seed) for seed in args.seeds for horizon in args.horizons for method in args.methods]
     jobs += [(noise_method(noise), args.noise_horizon, seed) for seed in args.seeds for noise in args.oracle_noise]
     with ThreadPoolExecutor(args.workers) as pool:
-        outs = list(pool.map(lambda job: run(*job, args), jobs))
+        futures = [pool.submit(run, *job, args) for job in jobs]
+        try:
+            outs = [future.result() for future in futures]
+        except BaseException:  # a failed run, other settings or Ctrl-C: start no more runs
+            pool.shutdown(cancel_futures=True)
+            raise
     runs = {}
     for (method, horizon, seed), out in zip(jobs, outs):
         runs.setdefault(horizon, {}).setdefault(method, {})[seed] = out

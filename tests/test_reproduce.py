@@ -104,7 +104,8 @@ def test_each_run_passes_the_sweeps_settings_to_its_script(method, group_size, t
     args = reproduce.parse_args(["--steps", "12", "--lr", "3e-5", "--eval-every", "3", "--out", str(tmp_path),
                                  "--group-size", str(group_size), "--loss-agg", "token-mean"])
     commands = []
-    monkeypatch.setattr(reproduce.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda command, **kwargs:
+                        commands.append(command) or reproduce.subprocess.CompletedProcess(command, 0))
     reproduce.run(method, 8, 7, args)
     script, settings = reproduce.run_settings(method, 8, 7, args)
     assert commands[0][1].endswith(script)
@@ -127,6 +128,29 @@ def test_methods_and_group_size_are_checked(capsys):
         with pytest.raises(SystemExit):
             reproduce.parse_args(bad)
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--horizons", "4", "9"], "--horizons 9: must be at least 1 and at most 8"),
+    (["--horizons", "0"], "--horizons 0: must be at least 1"),
+    (["--oracle-noise", "0.5", "1.5"], "--oracle-noise 1.5: must be at least 0 and at most 1"),
+    (["--steps", "0"], "--steps 0: must be at least 1"),
+    (["--seeds", "-1"], "--seeds -1: must be at least 0"),
+    (["--lr", "0"], "--lr 0.0: must be above 0"),
+])
+def test_out_of_range_settings_stop_before_any_run(bad, message, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.parse_args(bad)
+    assert message in capsys.readouterr().err
+
+
+def test_a_failed_run_stops_the_sweep_with_the_end_of_its_log(tmp_path, monkeypatch):
+    """The real script, given a setting it rejects: the sweep names the run and shows why."""
+    args = reproduce.parse_args(["--steps", "12", "--out", str(tmp_path)])
+    settings = reproduce.run_settings
+    monkeypatch.setattr(reproduce, "run_settings", lambda *a: (settings(*a)[0], {**settings(*a)[1], "lr": -1}))
+    with pytest.raises(SystemExit, match=r"(?s)grpo-seed0' failed \(exit status 2\).*--lr -1.0: must be at least 0"):
+        reproduce.run("grpo", 4, 0, args)
 
 
 def finished_run(folder, config):
