@@ -409,7 +409,7 @@ def plot(rows, args, path: Path) -> bool:
     return True
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--start-acc", type=float, nargs="+", default=[0.8, 0.7, 0.57, 0.45, 0.3, 0.2, 0.1],
                         help="starting accuracies, one condition each")
@@ -428,9 +428,22 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a small sweep for a smoke test")
     parser.add_argument("--out", default=None, help="folder for tabular-results.md and tabular-gain.png; "
                                                     "default docs, or runs/tabular-quick with --quick")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.start_acc, args.seeds, args.iterations, args.lrs = [0.6, 0.2], 4, 10, [2, 8]
+    if not all(0 < acc < 1 for acc in args.start_acc):
+        parser.error(f"--start-acc {' '.join(map(str, args.start_acc))}: each must be between 0 and 1, exclusive.")
+    if not all(0 <= q <= 1 for q in args.noise):
+        parser.error(f"--noise {' '.join(map(str, args.noise))}: each is a probability, from 0 to 1.")
+    if not all(lr > 0 for lr in args.lrs) or args.hard_gap <= 0:
+        parser.error("--lrs and --hard-gap must be above 0 (the conditions without a hard type have a gap of 0).")
+    if min(args.horizon, args.iterations, args.prompts) < 1 or args.seeds < 2:
+        parser.error("--horizon, --iterations and --prompts must be at least 1, and --seeds at least 2 (for an interval).")
+    return args
+
+
+def main():
+    args = parse_args()
     out = Path(args.out or ("runs/tabular-quick" if args.quick else "docs"))
     began = time.time()
     rows = summarize(simulate(args), args)

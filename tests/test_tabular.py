@@ -263,3 +263,18 @@ def test_quick_run_prints_and_writes_the_tables(tmp_path):
     assert "| random | start |" in result.stdout and "| start acc | start final | oracle |" in result.stdout
     assert "every method at its best lr" in result.stdout and "random" in result.stdout
     assert (tmp_path / "tabular-results.md").read_text().startswith("Tabular stand-in")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--lrs", "2", "-1"], "--lrs and --hard-gap must be above 0"),
+    (["--hard-gap", "0"], "--lrs and --hard-gap must be above 0"),
+    (["--start-acc", "0.5", "1"], "--start-acc 0.5 1.0: each must be between 0 and 1"),
+    (["--noise", "0", "2"], "--noise 0.0 2.0: each is a probability"),
+    (["--seeds", "1"], "--seeds at least 2"),
+    (["--horizon", "0"], "--horizon, --iterations and --prompts must be at least 1"),
+])
+def test_out_of_range_settings_stop_before_anything_is_written(bad, message, capsys):
+    with pytest.raises(SystemExit):
+        tabular.parse_args(bad)
+    assert message in capsys.readouterr().err
+    assert tabular.parse_args(["--quick"]).lrs == [2, 8]
