@@ -58,19 +58,20 @@ class Config:
                              "minerva, olympiadbench, code, lcb, toy, hub ids or local files")
     data_dir: str | None = option(None, "read the benchmarks from <dir>/<name>/test.jsonl (the layout of "
                                         "../shared/data) instead of the hub")
-    limit: int | None = option(None, "evaluate the first N problems of each benchmark only")
-    samples: int = option(0, "also sample N responses per problem at --temperature: mean@N and pass@k")
+    limit: int | None = option(None, "evaluate the first N problems of each benchmark only", at_least=1)
+    samples: int = option(0, "also sample N responses per problem at --temperature: mean@N and pass@k",
+                          at_least=0)
     max_new_tokens: int | None = option(None, "response budget; default: that of the first checkpoint's "
-                                              "training run, else training's default (4096, 96 for toy)")
+                                              "training run, else training's default (4096, 96 for toy)", at_least=1)
     max_thought_tokens: int | None = option(None, "a thought ends at </thought> or after this many tokens; "
-                                                  "default as --max-new-tokens (256, 16 for toy)")
+                                                  "default as --max-new-tokens (256, 16 for toy)", at_least=1)
     max_thoughts: int | None = option(None, "a response ends after this many thoughts; default as "
-                                            "--max-new-tokens (20)")
+                                            "--max-new-tokens (20)", at_least=1)
     temperature: float | None = option(None, "temperature of --samples (greedy pass@1 ignores it); default: "
                                              "training's (1 for a baby model, else 0.7)", above=0)
     top_p: float | None = option(None, "nucleus sampling of --samples; default: training's (1 for a baby "
                                        "model, else 0.95)", above=0, at_most=1)
-    batch_size: int = option(32, "prompts per generate call (divided by --samples when sampling)")
+    batch_size: int = option(32, "prompts per generate call (divided by --samples when sampling)", at_least=1)
     check_agreement: bool = option(False, "also judge the math answers with math-verify and report how "
                                           "often it agrees with verify.py (pip install math-verify)")
     question_field: str | None = option(None, "field holding the question in a local/hub dataset")
@@ -81,6 +82,9 @@ class Config:
     kv_cache: str = option("dynamic", "KV cache: dynamic, static (compiled on a GPU) or paged (continuous "
                                       "batching); the same greedy tokens, sampled ones from the same distribution",
                            choices=["dynamic", "static", "paged"])
+
+    def __post_init__(self):
+        run.check_ranges(self)  # parse_config turns a value out of its option's range into a usage error
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -270,8 +274,6 @@ def main(cfg: Config) -> dict:
                          "checkpoint folders, .gguf files).")
     if cfg.check_agreement and importlib.util.find_spec("math_verify") is None:
         raise SystemExit("--check-agreement needs math-verify: pip install math-verify (or drop the flag).")
-    if cfg.samples < 0 or cfg.batch_size < 1 or (cfg.limit is not None and cfg.limit < 1):
-        raise SystemExit("--samples must be at least 0, --batch-size and --limit at least 1.")
     models, benchmarks = cfg.model.split(","), cfg.benchmarks.split(",")
     for flag, names in (("--model", models), ("--benchmarks", benchmarks)):
         if len(set(names)) < len(names) or "" in names:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import evaluate
 import grpo
 import rrpo
 import run
@@ -126,6 +127,13 @@ def refused(config_class, argv, capsys) -> str:
     (rrpo.ResetConfig, "--oracle-noise", "1.5", "at least 0 and at most 1"),
     (srpo.SRPOConfig, "--loc-temperature", "0", "above 0"),
     (srpo.SRPOConfig, "--loc-max-new-tokens", "0", "at least 1"),
+    (evaluate.Config, "--top-p", "0", "above 0 and at most 1"),
+    (evaluate.Config, "--temperature", "0", "above 0"),
+    (evaluate.Config, "--limit", "0", "at least 1"),
+    (evaluate.Config, "--samples", "-1", "at least 0"),
+    (evaluate.Config, "--batch-size", "0", "at least 1"),
+    (evaluate.Config, "--max-new-tokens", "0", "at least 1"),
+    (evaluate.Config, "--max-thoughts", "0", "at least 1"),
 ])
 def test_a_flag_out_of_range_is_refused_with_its_rule(config_class, flag, value, rule, capsys):
     message = refused(config_class, [f"{flag}={value}"], capsys)  # = lets argparse read "-1e-6" as a value

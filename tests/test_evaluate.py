@@ -229,15 +229,16 @@ def test_the_jsonl_rescores_to_the_table(sharded_and_single):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_bad_input_fails_with_a_message(tmp_path, models):
+def test_bad_input_fails_with_a_message(tmp_path, models, capsys):
     with pytest.raises(SystemExit, match="Pass --model"):
         evaluate_cli("--benchmarks", "gsm8k")
     with pytest.raises(SystemExit, match="given twice"):
         evaluate_cli("--model", "a,a")
     with pytest.raises(SystemExit, match="--data-dir: .*minerva_math/test.jsonl' does not exist"):
         evaluate_cli("--model", models["seven"], "--benchmarks", "minerva", "--data-dir", tmp_path)
-    with pytest.raises(SystemExit, match="at least"):
-        evaluate_cli("--model", models["seven"], "--samples", "-1")
+    with pytest.raises(SystemExit) as refused:  # a usage error, before any model loads
+        evaluate_cli("--model", models["seven"], "--samples=-1")
+    assert refused.value.code == 2 and "--samples -1: must be at least 0" in capsys.readouterr().err
 
 
 def test_check_agreement_needs_math_verify(models, tmp_path):
