@@ -47,11 +47,11 @@ def resolve_model_name(name: str) -> str:
     """Short names to hub ids: resolve_model_name("Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"."""
     if Path(name).exists():
         return name
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith(".gguf"):
+    if "/" in name:  # a hub id is org/name, or org/name/file.gguf; anything else is a missing local path
+        if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+(/[^/]+\.gguf)?", name):
+            return name
         raise SystemExit(f"No model at '{name}': no such file or folder. Pass a local model folder, a .gguf "
                          f"file, or a hub id such as 'Qwen/Qwen2.5-1.5B'.")
-    if "/" in name:
-        return name
     for family, org in HUB_ORGS.items():
         if name.lower().startswith(family.lower()):
             return f"{org}/{name}"

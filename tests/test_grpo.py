@@ -224,6 +224,10 @@ def test_short_model_names_resolve_and_unknown_fails_clearly():
     assert run.resolve_model_name("Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"
     assert run.resolve_model_name("SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert run.resolve_model_name("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert run.resolve_model_name("org/repo/model-Q8_0.gguf") == "org/repo/model-Q8_0.gguf"  # a GGUF on the hub
+    for missing in ("/no/such/model", "./no-such-folder", "org/repo/sub/folder"):
+        with pytest.raises(SystemExit, match="no such file or folder"):
+            run.resolve_model_name(missing)
     with pytest.raises(SystemExit, match="full hub id"):
         run.resolve_model_name("MyModel-7B")
 
