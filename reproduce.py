@@ -103,7 +103,8 @@ def run(method: str, horizon: int, seed: int, args) -> Path:
         failed = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if failed:
         last_lines = "\n".join(log_path.read_text(errors="replace").replace("\r", "\n").splitlines()[-5:])
-        raise SystemExit(f"The run '{out}' failed (exit status {failed}). The end of its log, {log_path}:\n{last_lines}")
+        raise SystemExit(f"The run '{out}' failed (exit status {failed}). The end of its log, "
+                         f"{log_path}:\n{last_lines}")
     return out
 
 

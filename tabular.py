@@ -438,7 +438,8 @@ def parse_args(argv=None):
     if not all(lr > 0 for lr in args.lrs) or args.hard_gap <= 0:
         parser.error("--lrs and --hard-gap must be above 0 (the conditions without a hard type have a gap of 0).")
     if min(args.horizon, args.iterations, args.prompts) < 1 or args.seeds < 2:
-        parser.error("--horizon, --iterations and --prompts must be at least 1, and --seeds at least 2 (for an interval).")
+        parser.error("--horizon, --iterations and --prompts must be at least 1, and --seeds at least 2 "
+                     "(for an interval).")
     return args
 
 
