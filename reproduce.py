@@ -294,9 +294,11 @@ def plot(stats: dict, out: Path) -> bool:
 
 
 def parse_args(argv=None):
+    import toy
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 8 steps, 200 eval problems, 2 horizons")
-    parser.add_argument("--model", default="toy", choices=["toy", "toy-hard"], help="the baby model")
+    parser.add_argument("--model", default="toy", choices=sorted(toy.MODELS), help="the baby model")
     parser.add_argument("--horizons", type=int, nargs="+", default=[2, 4, 8], help="operations per problem")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="one run per method and seed")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS),
@@ -326,8 +328,6 @@ def parse_args(argv=None):
         args.horizons, args.oracle_noise = [args.horizons[0], args.horizons[-1]], args.oracle_noise[:1]
     args.horizons, args.seeds = list(dict.fromkeys(args.horizons)), list(dict.fromkeys(args.seeds))
     args.methods = list(dict.fromkeys(args.methods))
-    import toy
-
     ranges = {"--horizons": (args.horizons, 1, toy.MAX_N_OPS), "--seeds": (args.seeds, 0, None),
               "--steps": ([args.steps], 1, None), "--prompts-per-step": ([args.prompts_per_step], 1, None),
               "--eval-every": ([args.eval_every], 1, None), "--eval-size": ([args.eval_size], 1, None),

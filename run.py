@@ -72,8 +72,11 @@ def load_tokenizer(name: str, **extra):
 
 
 def is_baby_model(name) -> bool:
-    """Whether `name` is one of toy.py's baby models ("toy", "toy-hard"), built in code."""
-    return name in ("toy", "toy-hard")
+    """Whether `name` is one of toy.py's baby models (`toy.MODELS`: "toy", "toy-hard", ...), built
+    in code."""
+    import toy  # imported only when asked: it builds a tokenizer and a model in code
+
+    return isinstance(name, str) and name in toy.MODELS
 
 
 def load_model(cfg, device, path: Path | None = None, lora: bool = True):
