@@ -4,6 +4,7 @@ pinned thread count with three steps of the real size."""
 import dataclasses
 import random
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -312,3 +313,12 @@ def test_demo_runs_end_to_end_with_a_quickly_warmed_model(tmp_path, monkeypatch,
         assert lines[1]["loc_exact"] is not None
     if reset == "oracle" and lines[1]["reset_frac"]:
         assert lines[1]["loc_exact"] == 1.0
+
+
+def test_every_baby_model_is_a_model_name_of_the_scripts():
+    import reproduce
+
+    for name in toy.MODELS:
+        assert run.is_baby_model(name)
+        assert reproduce.parse_args(["--model", name]).model == name
+    assert not run.is_baby_model("toy-unknown") and not run.is_baby_model(Path("toy"))
