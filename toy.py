@@ -215,10 +215,11 @@ def inject_error(example, step, rng, mistake=None):
 # The baby model
 # ---------------------------------------------------------------------------------------------
 
-def slipping_steps(example, rng, slip_rate, multiply_slip_rate=None):
+def slipping_steps(example, rng, slip_rate, multiply_slip_rate=None, final_slip_rate=None):
     r"""A solution by a solver that slips: each step's result is off by 1 or 2 with probability
-    `slip_rate` (`multiply_slip_rate` for a multiplication, when given), and later steps carry on
-    from the value shown, as a solver who does not notice would.
+    `slip_rate` (`multiply_slip_rate` for a multiplication, `final_slip_rate` for the last step,
+    the one that boxes the answer, when given), and later steps carry on from the value shown, as
+    a solver who does not notice would.
 
     >>> slipping_steps({"start": 7, "ops": [("+", 5), ("*", 3)]}, random.Random(0), slip_rate=1.0)
     ['7+5=14</thought>', '14*3=\\boxed{44}</thought>']
@@ -227,6 +228,8 @@ def slipping_steps(example, rng, slip_rate, multiply_slip_rate=None):
     for k, (operator, operand) in enumerate(ops, 1):
         result = apply(value, operator, operand)
         rate = multiply_slip_rate if operator == "*" and multiply_slip_rate is not None else slip_rate
+        if k == len(ops) and final_slip_rate is not None:
+            rate = final_slip_rate
         slips = [slip for slip in (result - 2, result - 1, result + 1, result + 2)
                  if min([slip, *chain_values(slip, ops[k:])]) >= 0]  # no negative value
         if rng.random() < rate and slips:
@@ -248,6 +251,7 @@ class BabySettings:
     localize_fraction: float = 0.5  # share of the sequences that teach localization
     slip_rate: float = 0.15  # chance that a step of a taught solution has a wrong result
     multiply_slip_rate: float | None = None  # the same for multiplications; None: slip_rate
+    final_slip_rate: float | None = None  # the same for the last step, the one that boxes the answer; None: slip_rate
     injected_fraction: float = 0.2  # share of the localization texts whose error is injected at a uniformly random step
     tokenizer_problems: int = 1000  # problems whose texts train the tokenizer
     seed: int = 0  # seeds the data, the initialisation and the tokenizer
@@ -292,7 +296,7 @@ def failed_solution(example, rng, settings):
     if rng.random() < settings.injected_fraction:
         return inject_error(example, rng.randint(1, len(example["ops"])), rng)
     while True:
-        steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate)
+        steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate, settings.final_slip_rate)
         if first_wrong_step(example, steps) is not None:
             return steps
 
@@ -306,7 +310,7 @@ def warm_start_pair(rng, tokenizer, settings):
         steps = failed_solution(example, rng, settings)
         prompt = localize.localization_prompt(example["question"], steps)
         return data.format_chat(tokenizer, prompt), localization_reply(example, steps, first_wrong_step(example, steps))
-    steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate)
+    steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate, settings.final_slip_rate)
     return data.format_prompt(tokenizer, example["question"]), "".join(steps)
 
 

@@ -99,20 +99,20 @@ def test_localization_reply_names_the_step_it_is_taught_to():
 
 def test_slipping_solver_slips_at_its_rates():
     """The taught slips: results off by 1 or 2, at slip_rate per step (multiply_slip_rate on
-    multiplications), carried on by the later steps, never below 0."""
-    rng, counts = random.Random(0), {"*": [0, 0], "other": [0, 0]}
+    multiplications, final_slip_rate on the last step), carried on by the later steps, never below 0."""
+    rng, counts = random.Random(0), {"*": [0, 0], "other": [0, 0], "final": [0, 0]}
     for example in toy.make_examples(3000, seed=9, n_ops=toy.MAX_N_OPS):
-        steps = toy.slipping_steps(example, rng, slip_rate=0.1, multiply_slip_rate=0.5)
+        steps = toy.slipping_steps(example, rng, slip_rate=0.1, multiply_slip_rate=0.5, final_slip_rate=0.3)
         value = example["start"]
-        for step, (operator, operand) in zip(steps, example["ops"]):
+        for k, (step, (operator, operand)) in enumerate(zip(steps, example["ops"]), 1):
             shown_value, shown_operator, shown_operand, plain, boxed = toy.STEP.fullmatch(step).groups()
             assert (int(shown_value), shown_operator, int(shown_operand)) == (value, operator, operand)
             result = int(plain or boxed)
             assert result >= 0 and abs(result - toy.apply(value, operator, operand)) <= 2
             slipped = result != toy.apply(value, operator, operand)
-            counts["*" if operator == "*" else "other"][slipped] += 1
+            counts["final" if k == len(steps) else "*" if operator == "*" else "other"][slipped] += 1
             value = result
-    for kind, rate in [("*", 0.5), ("other", 0.1)]:
+    for kind, rate in [("*", 0.5), ("other", 0.1), ("final", 0.3)]:
         right, slipped = counts[kind]
         assert slipped / (right + slipped) == pytest.approx(rate, abs=0.03)  # slips refused below 0 lower it
 
