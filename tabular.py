@@ -7,7 +7,10 @@ probability p_t = sigmoid(theta_t), independently; a solution is right (reward 1
 is. The expected accuracy over problems is therefore exactly mean_t(p_t)^n, with no evaluation
 noise. The starting logits are set so that this is --start-acc; with --hard-gap g > 0, type 0
 starts g nats below the others (a systematically hard step, where most errors are), else all
-types start equal (errors are slips spread over every type).
+types start equal (errors are slips spread over every type). With --hard-place first or last,
+every chain has exactly one step of type 0, always its first or always its last step, and its
+other steps are drawn from the 7 other types: the accuracy is p_0 * mean_{t>0}(p_t)^(n-1), and
+the errors come early or late in the chain.
 
 The methods, with this project's buffer and loss (grpo.py, rrpo.py), B = 8 scored rollouts per
 prompt for every method:
@@ -60,8 +63,8 @@ def sigmoid(x):
     return 1 / (1 + np.exp(-x))
 
 
-def initial_logits(start_acc: float, horizon: int, hard_gap: float = 0.0) -> np.ndarray:
-    """Logits (8,) whose expected accuracy mean(sigmoid)^horizon is start_acc, type 0 hard_gap lower.
+def initial_logits(start_acc: float, horizon: int, hard_gap: float = 0.0, place: str = "anywhere") -> np.ndarray:
+    """Logits (8,) whose expected accuracy (`accuracy`) is start_acc, type 0 hard_gap lower.
 
     >>> round(float(accuracy(initial_logits(0.3, 8, hard_gap=3.0), 8)), 6)
     0.3
@@ -71,14 +74,28 @@ def initial_logits(start_acc: float, horizon: int, hard_gap: float = 0.0) -> np.
     low, high = -30.0, 30.0
     for _ in range(100):  # accuracy grows with the common logit: bisection
         mid = (low + high) / 2
-        low, high = (mid, high) if accuracy(mid - gap, horizon) < start_acc else (low, mid)
+        low, high = (mid, high) if accuracy(mid - gap, horizon, place) < start_acc else (low, mid)
     return (low + high) / 2 - gap
 
 
-def accuracy(logits: np.ndarray, horizon: int) -> np.ndarray:
+def accuracy(logits: np.ndarray, horizon: int, place: str = "anywhere") -> np.ndarray:
     """Exact expected accuracy, logits (..., 8) -> (...): the types of the n steps are independent
-    and uniform, so E[prod_j p_{t_j}] = mean_t(p_t)^n."""
-    return sigmoid(logits).mean(-1) ** horizon
+    and uniform, so E[prod_j p_{t_j}] = mean_t(p_t)^n; with the hard type at one place (first or
+    last), one step is of type 0 and n-1 are uniform over the others: p_0 * mean_{t>0}(p_t)^(n-1)."""
+    p = sigmoid(logits)
+    if place == "anywhere":
+        return p.mean(-1) ** horizon
+    return p[..., 0] * p[..., 1:].mean(-1) ** (horizon - 1)
+
+
+def step_types(rng, shape, place: str = "anywhere") -> np.ndarray:
+    """Step types of problems, shape (..., n): uniform over the 8 types, or with --hard-place one
+    step of type 0 at that place and the others uniform over types 1..7."""
+    if place == "anywhere":
+        return rng.integers(0, N_TYPES, shape)
+    types = rng.integers(1, N_TYPES, shape)
+    types[..., 0 if place == "first" else -1] = 0
+    return types
 
 
 def group_advantages(rewards: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -185,12 +202,12 @@ def reset_rollouts(rng, logits, types, noise=0.0, group_size=8, max_fresh=12, re
             "reset_step": np.where(has_parent, reset_step, 0)}
 
 
-def train(rng, make_rollouts, logits, lrs, horizon, problems, agg="seq-mean", **method):
+def train(rng, make_rollouts, logits, lrs, horizon, problems, agg="seq-mean", place="anywhere", **method):
     """Runs side by side: logits (runs, 8), lrs (runs,), problems: per iteration the step types
     (runs, prompts, n). Returns accuracy (iterations + 1, runs), steps sampled (iterations, runs), and the
     share of groups with no signal (all, suffix groups), each (runs,)."""
     logits = logits.copy()
-    acc, steps_sampled = [accuracy(logits, horizon)], []
+    acc, steps_sampled = [accuracy(logits, horizon, place)], []
     groups = suffix_groups = silent = silent_suffix = 0
     for types in problems:
         batch = make_rollouts(rng, logits, types, **method)
@@ -204,7 +221,7 @@ def train(rng, make_rollouts, logits, lrs, horizon, problems, agg="seq-mean", **
             if g == 1:
                 suffix_groups, silent_suffix = suffix_groups + present.sum(1), silent_suffix + flat.sum(1)
         logits -= lrs[:, None] * loss_gradient(logits, types, batch["right"], batch["trained"], advantages, agg)
-        acc.append(accuracy(logits, horizon))
+        acc.append(accuracy(logits, horizon, place))
         steps_sampled.append(batch["steps_sampled"])
     return (np.array(acc), np.array(steps_sampled), silent / groups,
             np.where(suffix_groups > 0, silent_suffix / np.maximum(suffix_groups, 1), np.nan))
@@ -220,23 +237,28 @@ def methods(noises):
     return out
 
 
+# The places of the hard type (--hard-place), as the report's titles name them.
+HARD_PLACES = {"anywhere": "", "first": ", always the first step", "last": ", always the last step"}
+
+
 def simulate(args):
     """Every method on every (start accuracy, hard gap) x lr x seed, side by side. Returns
     {(start, gap, method): {lr: dict of per-seed arrays}}."""
     conditions = [(s, g) for g in (0.0, args.hard_gap) for s in args.start_acc]
-    start = np.array([initial_logits(s, args.horizon, g) for s, g in conditions])
+    start = np.array([initial_logits(s, args.horizon, g, args.hard_place) for s, g in conditions])
     cond_index = np.repeat(np.arange(len(conditions)), len(args.lrs) * args.seeds)
     lrs = np.tile(np.repeat(args.lrs, args.seeds), len(conditions))
     # Every method and lr sees the same problems, seed by seed.
-    seed_problems = np.random.default_rng(args.seed).integers(
-        0, N_TYPES, (args.iterations, len(conditions), 1, args.seeds, args.prompts, args.horizon))
+    seed_problems = step_types(np.random.default_rng(args.seed),
+                               (args.iterations, len(conditions), 1, args.seeds, args.prompts, args.horizon),
+                               args.hard_place)
     shape = (len(conditions), len(args.lrs), args.seeds, args.prompts, args.horizon)
     results = {}
     for m, (name, (make_rollouts, kwargs)) in enumerate(methods(args.noise).items()):
         rng = np.random.default_rng([args.seed, m])
         problems = (np.broadcast_to(types, shape).reshape(-1, args.prompts, args.horizon) for types in seed_problems)
         acc, steps, silent, silent_suffix = train(rng, make_rollouts, start[cond_index], lrs, args.horizon,
-                                                  problems, args.loss_agg, **kwargs)
+                                                  problems, args.loss_agg, args.hard_place, **kwargs)
         for c, (s, g) in enumerate(conditions):
             for li, lr in enumerate(args.lrs):
                 runs = slice((c * len(args.lrs) + li) * args.seeds, (c * len(args.lrs) + li + 1) * args.seeds)
@@ -333,7 +355,8 @@ def tables(rows, args) -> str:
     names = list(methods(args.noise))
     resets, lr_names = names[1:], [f"lr {lr:g}" for lr in args.lrs]
     placed = [m for m in resets if m != "start"]  # the resets with a place, against the control
-    conditions = [(0.0, "no hard step type"), (args.hard_gap, f"one hard step type, {args.hard_gap:g} nats lower")]
+    conditions = [(0.0, "no hard step type"), (args.hard_gap, f"one hard step type, {args.hard_gap:g} nats lower"
+                                                           + HARD_PLACES[args.hard_place])]
     out = []
     for g, title in conditions:
         best = {(r["start"], r["method"]): r for r in rows if r["gap"] == g and r["lr"] == "best"}
@@ -390,7 +413,8 @@ def plot(rows, args, path: Path) -> bool:
         return False
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey=True)
     for row, lr in zip(axes, (min(args.lrs), "best")):
-        for ax, g, title in zip(row, (0.0, args.hard_gap), ("no hard step type", "one hard step type")):
+        titles = ("no hard step type", "one hard step type" + HARD_PLACES[args.hard_place])
+        for ax, g, title in zip(row, (0.0, args.hard_gap), titles):
             for name in list(methods(args.noise))[1:]:
                 mine = sorted((r for r in rows if r["gap"] == g and r["method"] == name and r["lr"] == lr),
                               key=lambda r: r["start"])
@@ -414,6 +438,9 @@ def parse_args(argv=None):
     parser.add_argument("--start-acc", type=float, nargs="+", default=[0.8, 0.7, 0.57, 0.45, 0.3, 0.2, 0.1],
                         help="starting accuracies, one condition each")
     parser.add_argument("--hard-gap", type=float, default=3.0, help="the hard type's logit starts this much lower")
+    parser.add_argument("--hard-place", default="anywhere", choices=sorted(HARD_PLACES),
+                        help="where the hard type's steps are: any step (types uniform), or exactly one step "
+                             "per chain, always the first or always the last")
     parser.add_argument("--horizon", type=int, default=8, help="n: steps per problem")
     parser.add_argument("--iterations", type=int, default=40, help="updates per run")
     parser.add_argument("--prompts", type=int, default=16, help="prompts per iteration, 8 scored rollouts each")
@@ -427,7 +454,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a small sweep for a smoke test")
     parser.add_argument("--out", default=None, help="folder for tabular-results.md and tabular-gain.png; "
-                                                    "default docs, or runs/tabular-quick with --quick")
+                                                    "default docs for the default settings, else runs/tabular")
     args = parser.parse_args(argv)
     if args.quick:
         args.start_acc, args.seeds, args.iterations, args.lrs = [0.6, 0.2], 4, 10, [2, 8]
@@ -445,7 +472,8 @@ def parse_args(argv=None):
 
 def main():
     args = parse_args()
-    out = Path(args.out or ("runs/tabular-quick" if args.quick else "docs"))
+    defaults = vars(parse_args([])) | {"out": args.out}
+    out = Path(args.out or ("docs" if vars(args) == defaults else "runs/tabular"))
     began = time.time()
     rows = summarize(simulate(args), args)
     report = (f"Tabular stand-in: n = {args.horizon} steps of 8 types, {args.prompts} prompts x 8 scored rollouts "

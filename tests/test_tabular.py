@@ -105,10 +105,25 @@ def test_accuracy_is_the_mean_over_all_problems_by_enumeration():
     assert abs(tabular.accuracy(logits, 3) - exact) < 1e-12
 
 
-def test_initial_logits_hit_the_starting_accuracy_with_a_hard_type():
+@pytest.mark.parametrize("place", ["first", "last"])
+def test_with_the_hard_type_at_one_place_accuracy_is_the_mean_over_those_problems(place):
+    """--hard-place: exactly one step of type 0, at that place; the others of types 1..7."""
+    types = tabular.step_types(np.random.default_rng(1), (2000, 5), place)
+    position = 0 if place == "first" else 4
+    assert (types[:, position] == 0).all() and (np.delete(types, position, 1) > 0).all()
+    assert set(np.unique(np.delete(types, position, 1))) == set(range(1, tabular.N_TYPES))
+    logits = np.random.default_rng(2).normal(size=tabular.N_TYPES)
+    p = 1 / (1 + np.exp(-logits))
+    others = itertools.product(range(1, tabular.N_TYPES), repeat=2)
+    exact = np.mean([np.prod(p[[0, *rest] if place == "first" else [*rest, 0]]) for rest in others])
+    assert abs(tabular.accuracy(logits, 3, place) - exact) < 1e-12
+
+
+@pytest.mark.parametrize("place", ["anywhere", "last"])
+def test_initial_logits_hit_the_starting_accuracy_with_a_hard_type(place):
     for start, gap in ((0.8, 0.0), (0.3, 0.0), (0.1, 3.0), (0.57, 3.0)):
-        logits = tabular.initial_logits(start, 8, gap)
-        assert abs(tabular.accuracy(logits, 8) - start) < 1e-9
+        logits = tabular.initial_logits(start, 8, gap, place)
+        assert abs(tabular.accuracy(logits, 8, place) - start) < 1e-9
         assert np.allclose(logits[1:], logits[1]) and abs(logits[1] - logits[0] - gap) < 1e-9
 
 
@@ -219,8 +234,13 @@ def test_every_method_scores_eight_rollouts_per_prompt_and_counts_its_steps():
 
 def small_sweep(**changes):
     settings = dict(start_acc=[0.3], hard_gap=3.0, horizon=8, iterations=6, prompts=8, lrs=[4.0], noise=[0.0],
-                    seeds=3, seed=0, loss_agg="seq-mean")
+                    seeds=3, seed=0, loss_agg="seq-mean", hard_place="anywhere")
     return SimpleNamespace(**{**settings, **changes})
+
+
+def test_every_run_with_the_hard_type_last_starts_at_the_starting_accuracy():
+    for (start, gap, method), by_lr in tabular.simulate(small_sweep(hard_place="last")).items():
+        assert np.allclose(by_lr[4.0]["acc"][:, 0], start), (gap, method)
 
 
 def test_the_loss_average_reaches_training_and_changes_only_the_resets_with_a_place():
@@ -263,6 +283,15 @@ def test_quick_run_prints_and_writes_the_tables(tmp_path):
     assert "| random | start |" in result.stdout and "| start acc | start final | oracle |" in result.stdout
     assert "every method at its best lr" in result.stdout and "random" in result.stdout
     assert (tmp_path / "tabular-results.md").read_text().startswith("Tabular stand-in")
+
+
+def test_settings_other_than_the_defaults_write_to_runs_not_to_the_docs(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "tabular.py"), "--quick", "--hard-place", "last"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = (tmp_path / "runs" / "tabular" / "tabular-results.md").read_text()
+    assert "### one hard step type, 3 nats lower, always the last step: every method at its best lr" in report
+    assert not (tmp_path / "docs").exists()
 
 
 @pytest.mark.parametrize("bad, message", [
