@@ -73,8 +73,8 @@ def or_default(value, default):
 @dataclass
 class Config:
     model: str = option("toy", "hub id, short name (Qwen2.5-1.5B), local folder, .gguf file, or a baby model: "
-                               "toy, toy-hard (slips mostly on multiplications) or toy-slippy (slips on a "
-                               "quarter of its steps)")
+                               "toy, toy-hard (slips mostly on multiplications), toy-slippy (slips on a "
+                               "quarter of its steps) or toy-late (slips mostly on the last step)")
     dataset: str | None = option(None, "gsm8k, math500, aime24, amc23, minerva, olympiadbench, toy (or toy-N: "
                                        "chains of N operations), code, lcb, hub id or local file; default toy "
                                        "for a baby model, else gsm8k")

@@ -11,7 +11,7 @@ longer, the more likely a slip somewhere, so N sets the starting accuracy.
 
 The baby model is a 1.1M-parameter Qwen2 with a tokenizer trained in code, warm-started by
 supervised training on the solutions of a solver that slips at a set rate and on localization
-replies. The three of `MODELS` ship in baby_models/ (4.6 MB each): a warm start on another
+replies. The four of `MODELS` ship in baby_models/ (4.6 MB each): a warm start on another
 processor sums in another order and ends in another model, so the shipped weights are what makes
 measured figures reproducible. Other settings are warm-started (about 8 minutes on 2 CPU cores)
 and cached. `load_baby_model()` is what `python grpo.py` trains by default, and
@@ -261,9 +261,12 @@ class BabySettings:
 # The baby models `--model` can name. "toy" slips alike on every kind of step; "toy-hard" has a
 # systematic weakness: it slips on multiplications (about 15% of the steps) 7 times as often as on
 # other steps, and about as often per step overall; "toy-slippy" slips alike on every kind of step,
-# on a quarter of them, so that on long chains its rewards are sparse (0.12 right at 8 operations).
+# on a quarter of them, so that on long chains its rewards are sparse (0.12 right at 8 operations);
+# "toy-late" errs late in the chain: it slips on the last step, the one that boxes the answer, 60%
+# of the time, and on the others 5%.
 MODELS = {"toy": BabySettings(), "toy-hard": BabySettings(slip_rate=0.08, multiply_slip_rate=0.55),
-          "toy-slippy": BabySettings(slip_rate=0.25)}
+          "toy-slippy": BabySettings(slip_rate=0.25),
+          "toy-late": BabySettings(slip_rate=0.05, final_slip_rate=0.6)}
 
 
 def localization_reply(example, steps, first_wrong):
