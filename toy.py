@@ -269,6 +269,11 @@ MODELS = {"toy": BabySettings(), "toy-hard": BabySettings(slip_rate=0.08, multip
           "toy-late": BabySettings(slip_rate=0.05, final_slip_rate=0.6)}
 
 
+def taught_solution(example, rng, settings):
+    """A solution by the slipping solver at the settings' rates (`slipping_steps`)."""
+    return slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate, settings.final_slip_rate)
+
+
 def localization_reply(example, steps, first_wrong):
     r"""What the baby model learns to answer to `localize.localization_prompt(question, steps)`:
     each step up to the first wrong one, copied, next to the step as it should read, and judged;
@@ -299,7 +304,7 @@ def failed_solution(example, rng, settings):
     if rng.random() < settings.injected_fraction:
         return inject_error(example, rng.randint(1, len(example["ops"])), rng)
     while True:
-        steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate, settings.final_slip_rate)
+        steps = taught_solution(example, rng, settings)
         if first_wrong_step(example, steps) is not None:
             return steps
 
@@ -313,7 +318,7 @@ def warm_start_pair(rng, tokenizer, settings):
         steps = failed_solution(example, rng, settings)
         prompt = localize.localization_prompt(example["question"], steps)
         return data.format_chat(tokenizer, prompt), localization_reply(example, steps, first_wrong_step(example, steps))
-    steps = slipping_steps(example, rng, settings.slip_rate, settings.multiply_slip_rate, settings.final_slip_rate)
+    steps = taught_solution(example, rng, settings)
     return data.format_prompt(tokenizer, example["question"]), "".join(steps)
 
 
