@@ -10,8 +10,9 @@ localization accuracy; noise 1 is RRPO. Each run is an ordinary training run (`g
 subprocess, two at a time); this script reads their metrics and writes
 
     {out}/results.md, results.json   per horizon: final accuracy with a 95% interval over seeds,
-                                     the gain over GRPO (paired by seed), rollouts and generated
-                                     tokens to reach a target, localization; the noise sweep;
+                                     the gain over GRPO (paired by seed), at the same step and at
+                                     as many generated tokens, rollouts and generated tokens to
+                                     reach a target, localization; the noise sweep;
                                      with --report-at S, the same as the runs stood after step S
     {out}/gain-vs-start.png          gain over GRPO against starting accuracy, one line per method
     {out}/gain-vs-localization.png   gain over GRPO against how often the reset step is the first
@@ -142,6 +143,15 @@ def first_reaching(curve, target: float):
     return next(((rollouts, tokens) for rollouts, tokens, acc in curve[1:] if acc >= target), None)
 
 
+def accuracy_at_tokens(curve, tokens: float) -> float | None:
+    """The accuracy of an evaluation curve once `tokens` tokens were generated: linear between the
+    two evaluations around it, None beyond the run's last evaluation."""
+    for (_, tokens0, acc0), (_, tokens1, acc1) in zip(curve, curve[1:]):
+        if tokens0 <= tokens <= tokens1:
+            return acc1 if tokens1 == tokens0 else acc0 + (acc1 - acc0) * (tokens - tokens0) / (tokens1 - tokens0)
+    return None
+
+
 def mean_metric(lines: list[dict], key: str) -> float | None:
     values = [line[key] for line in lines if line.get(key) is not None]
     return statistics.mean(values) if values else None
@@ -150,10 +160,14 @@ def mean_metric(lines: list[dict], key: str) -> float | None:
 def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = None) -> dict:
     """The numbers of one horizon: per method, per seed final accuracy, gain over GRPO's run of the
     same seed, rollouts and tokens to the target, localization and token cost. With `up_to_step`,
-    of the runs as they stood after that step ("final" is its evaluation)."""
-    metrics = {m: {seed: [line for line in read_metrics(out) if up_to_step is None or line["step"] <= up_to_step]
-                   for seed, out in outs.items()} for m, outs in runs.items()}
+    of the runs as they stood after that step ("final" is its evaluation), except the gain at GRPO's
+    tokens, which reads each run's whole curve: a method that generates fewer tokens per step gets
+    there later."""
+    whole = {m: {seed: read_metrics(out) for seed, out in outs.items()} for m, outs in runs.items()}
+    metrics = {m: {seed: [line for line in lines if up_to_step is None or line["step"] <= up_to_step]
+                   for seed, lines in by_seed.items()} for m, by_seed in whole.items()}
     curves = {m: {seed: eval_curve(lines) for seed, lines in by_seed.items()} for m, by_seed in metrics.items()}
+    whole_curves = {m: {seed: eval_curve(lines) for seed, lines in by_seed.items()} for m, by_seed in whole.items()}
     start = statistics.mean(curve[0][2] for curve in curves["grpo"].values())
     grpo_final = {seed: curve[-1][2] for seed, curve in curves["grpo"].items()}
     start_final = {seed: curve[-1][2] for seed, curve in curves.get("start", {}).items()}
@@ -173,6 +187,10 @@ def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = Non
         def gain_over(base_final):  # final accuracy minus the base's run of the same seed
             return [curve[-1][2] - base_final[seed] for seed, curve in by_seed.items() if seed in base_final]
 
+        # as accurate as what, for as many generated tokens as GRPO's run of the same seed? (left out
+        # where the run ended before it had generated them)
+        at_grpo_tokens = [accuracy_at_tokens(whole_curves[method][seed], curves["grpo"][seed][-1][1])
+                          for seed in paired]
         # a target at or below the start (GRPO did not improve) measures nothing: no run reaches it
         reached = [first_reaching(curve, target) if target > start else None for curve in by_seed.values()]
         stats["methods"][method] = {
@@ -180,6 +198,8 @@ def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = Non
             "gain": gain_over(grpo_final),
             # against the control that resets at step 1: what the reset's place brings, the buffer aside
             "gain_over_start": gain_over(start_final),
+            "gain_at_grpo_tokens": [acc - grpo_final[seed] for seed, acc in zip(paired, at_grpo_tokens)
+                                    if acc is not None],
             "area": [mean_acc(by_seed[seed]) - mean_acc(curves["grpo"][seed]) for seed in paired],
             "rollouts_to_target": [r[0] for r in reached if r],
             "tokens_to_target": [r[1] for r in reached if r],
@@ -200,23 +220,28 @@ def summarize(stats: dict, args, steps: int | None = None) -> str:
              f"{args.eval_size} held-out problems, the same problems and random draws in every evaluation of "
              "every run. Means ± half-width of the 95% t interval over training seeds (it leaves out the "
              "sampling error of the one evaluation set, which every run shares); gains are paired by seed "
-             "(the same data order), the mean-accuracy gain is over the evaluations after step 0.", ""]
+             "(the same data order), the mean-accuracy gain is over the evaluations after step 0. The gain at GRPO's "
+             "tokens compares each run, once it had generated as many tokens as GRPO's run of the same seed "
+             "(linear between its evaluations), with GRPO's final accuracy; it counts the runs that got that "
+             "far.", ""]
     for horizon, h in stats["horizons"].items():
         control = "start" in h["methods"]  # the reset buffer without a reset: one more column
         lines += [f"### Chains of {horizon} operations: starting accuracy {h['start_acc']:.3f}", "",
                   f"Target for the rollouts-to-target columns: {h['target']:.3f} (halfway from the start to "
                   "GRPO's final accuracy)." if h["target"] > h["start_acc"] else
                   "No target for the rollouts-to-target columns: GRPO's final accuracy is not above the start.", "",
-                  "| method | final accuracy | gain over GRPO | mean-accuracy gain over training | rollouts to target "
-                  "| generated tokens to target | tokens per rollout | reset step = first error | "
-                  "correction from a clean prefix |" + (" gain over start |" if control else ""),
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if control else "")]
+                  "| method | final accuracy | gain over GRPO | gain at GRPO's tokens | mean-accuracy gain over "
+                  "training | rollouts to target | generated tokens to target | tokens per rollout | reset step = "
+                  "first error | correction from a clean prefix |" + (" gain over start |" if control else ""),
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if control else "")]
         for method, m in h["methods"].items():
             reach = f"{show(m['rollouts_to_target'], 0)} ({len(m['rollouts_to_target'])}/{m['seeds']})"
             tokens = f"{show(m['tokens_to_target'], 0)} ({len(m['tokens_to_target'])}/{m['seeds']})"
             gain = show(m["gain"]) if method != "grpo" else "-"
+            at_tokens = (f"{show(m['gain_at_grpo_tokens'])} ({len(m['gain_at_grpo_tokens'])}/{len(m['gain'])})"
+                         if method != "grpo" else "-")
             area = show(m["area"]) if method != "grpo" else "-"
-            lines.append(f"| {method} | {show(m['final'])} | {gain} | {area} | {reach} | {tokens} | "
+            lines.append(f"| {method} | {show(m['final'])} | {gain} | {at_tokens} | {area} | {reach} | {tokens} | "
                          f"{show(m['tokens_per_rollout'], 1)} | {show(m['loc_exact'])} | "
                          f"{show(m['suffix_acc_clean_prefix'])} |"
                          + (f" {show(m['gain_over_start']) if method != 'start' else '-'} |" if control else ""))

@@ -210,3 +210,25 @@ def test_the_report_after_an_earlier_step_reads_the_runs_up_to_it(tmp_path, caps
         with pytest.raises(SystemExit):
             reproduce.parse_args(["--steps", "20", *bad])
         assert "--report-at" in capsys.readouterr().err
+
+
+def test_the_gain_at_grpos_tokens_reads_the_whole_run_between_evaluations(tmp_path):
+    # GRPO 100 tokens a step: 300 after step 3. The oracle, 60 a step, has generated 300 half-way
+    # between its steps 4 (240) and 6 (360); the control, 150 a step, after step 2 (300).
+    runs = {"grpo": {0: write_run(tmp_path / "g0", [0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6])},
+            "oracle": {0: write_run(tmp_path / "o0", [0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55], tokens_per_step=60)},
+            "start": {0: write_run(tmp_path / "s0", [0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5], tokens_per_step=150)}}
+    early = reproduce.horizon_stats(runs, up_to_step=3)
+    assert early["methods"]["oracle"]["gain"] == pytest.approx([0.4 - 0.5])  # at the same step
+    assert early["methods"]["oracle"]["gain_at_grpo_tokens"] == pytest.approx([0.5 - 0.5])  # step 5: 300 tokens
+    assert early["methods"]["start"]["gain_at_grpo_tokens"] == pytest.approx([0.3 - 0.5])
+    assert reproduce.accuracy_at_tokens([(0, 0, 0.2), (64, 240, 0.45), (128, 480, 0.55)], 300) == pytest.approx(0.475)
+    # after all 6 steps GRPO has generated 600 tokens; the oracle's run never got that far, the
+    # control's had after its step 4
+    whole = reproduce.horizon_stats(runs)
+    assert whole["methods"]["oracle"]["gain_at_grpo_tokens"] == []
+    assert whole["methods"]["start"]["gain_at_grpo_tokens"] == pytest.approx([0.4 - 0.6])
+    args = type("Args", (), {"model": "toy", "steps": 6, "prompts_per_step": 8, "group_size": 8, "lr": 1e-4,
+                             "seeds": [0], "eval_size": 500, "loss_agg": "seq-mean"})()
+    report = reproduce.summarize({"horizons": {"8": whole}}, args)
+    assert "| oracle | 0.550 | -0.050 | - (0/1) |" in report and "| start | 0.500 | -0.100 | -0.200 (1/1) |" in report
