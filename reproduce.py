@@ -166,8 +166,9 @@ def horizon_stats(runs: dict[str, dict[int, Path]], up_to_step: int | None = Non
     whole = {m: {seed: read_metrics(out) for seed, out in outs.items()} for m, outs in runs.items()}
     metrics = {m: {seed: [line for line in lines if up_to_step is None or line["step"] <= up_to_step]
                    for seed, lines in by_seed.items()} for m, by_seed in whole.items()}
-    curves = {m: {seed: eval_curve(lines) for seed, lines in by_seed.items()} for m, by_seed in metrics.items()}
     whole_curves = {m: {seed: eval_curve(lines) for seed, lines in by_seed.items()} for m, by_seed in whole.items()}
+    curves = whole_curves if up_to_step is None else {
+        m: {seed: eval_curve(lines) for seed, lines in by_seed.items()} for m, by_seed in metrics.items()}
     start = statistics.mean(curve[0][2] for curve in curves["grpo"].values())
     grpo_final = {seed: curve[-1][2] for seed, curve in curves["grpo"].items()}
     start_final = {seed: curve[-1][2] for seed, curve in curves.get("start", {}).items()}
