@@ -264,11 +264,12 @@ class BabySettings:
 # on a quarter of them, so that on long chains its rewards are sparse (0.12 right at 8 operations);
 # "toy-late" errs late in the chain: it slips on the last step, the one that boxes the answer, 60%
 # of the time, and on the others 5%; "toy-late-long" is toy-late warm-started twice as long, with
-# more localization texts, so that it localizes its own failures on chains of 8 (0.96 exact, 0.44).
+# more localization texts, so that it localizes its own failures on chains of 8 (0.96 exact, against
+# toy-late's 0.44).
+TOY_LATE = BabySettings(slip_rate=0.05, final_slip_rate=0.6)
 MODELS = {"toy": BabySettings(), "toy-hard": BabySettings(slip_rate=0.08, multiply_slip_rate=0.55),
-          "toy-slippy": BabySettings(slip_rate=0.25),
-          "toy-late": BabySettings(slip_rate=0.05, final_slip_rate=0.6),
-          "toy-late-long": BabySettings(slip_rate=0.05, final_slip_rate=0.6, sft_steps=3000, localize_fraction=0.7)}
+          "toy-slippy": BabySettings(slip_rate=0.25), "toy-late": TOY_LATE,
+          "toy-late-long": dataclasses.replace(TOY_LATE, sft_steps=3000, localize_fraction=0.7)}
 
 
 def taught_solution(example, rng, settings):

@@ -216,7 +216,8 @@ def test_the_baby_models_ship_for_their_settings(name, tmp_path, monkeypatch):
     # for toy-slippy, 0.45 for toy-late and 0.935 for toy-late-long.
     examples = toy.make_examples(200, seed=123, n_ops=8)
     accuracy = statistics.mean(toy.sampled_solutions(model, tokenizer, examples, 0.0)[1])
-    expected = {"toy": 0.975, "toy-hard": 0.555, "toy-slippy": 0.26, "toy-late": 0.45, "toy-late-long": 0.935}[name]
+    expected = {"toy": 0.975, "toy-hard": 0.555, "toy-slippy": 0.26, "toy-late": 0.45,
+                "toy-late-long": 0.935}[name]
     assert accuracy == pytest.approx(expected, abs=0.03)
 
 
