@@ -485,14 +485,24 @@ def test_workers_are_reused_and_stop_at_exit():
     assert len([pid for pid in child_pids() if running(pid)]) <= before + 3
     code = (
         "import threading, verify\n"
-        "threads = [threading.Thread(target=verify.is_equiv, args=('(x+1)^2', 'x^2+2x+1'))\n"
-        "           for _ in range(2)]\n"
+        "verify.TIMEOUT_SECONDS = 60.0  # a slow first comparison must not stop its worker\n"
+        "both_asking = threading.Barrier(2, timeout=60)\n"
+        "class Worker(verify._Worker):  # each thread asks only when both hold a worker: two start\n"
+        "    def ask(self, *args):\n"
+        "        both_asking.wait()\n"
+        "        return super().ask(*args)\n"
+        "verify._Worker = Worker\n"
+        "results = []\n"
+        "def compare(): results.append(verify.is_equiv('(x+1)^2', 'x^2+2x+1'))\n"
+        "threads = [threading.Thread(target=compare) for _ in range(2)]\n"
         "[thread.start() for thread in threads]; [thread.join() for thread in threads]\n"
+        "assert results == [True, True], results\n"
         "print(*child_pids())\n"
     )
     # stderr not captured: the workers inherit it, and run() would wait for them to close it
     run = subprocess.run(python_command(code), cwd=Path(__file__).resolve().parents[1],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=120)
+    assert run.returncode == 0, "the child failed: run its code by hand to see its error"
     worker_pids = [int(pid) for pid in run.stdout.split()]
     assert len(worker_pids) == 2  # the interpreter has exited: its workers must have too
     time.sleep(0.5)  # init reaps the orphans
