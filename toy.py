@@ -562,6 +562,8 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
       loc_exact_random, a uniformly random step, on the same failures;
     - loc_exact_injected: the same on solutions with an error of any kind (`inject_error`) at a
       uniformly random step;
+    - first_error_steps: among its own failures, the share whose first error is at each step
+      1..n_ops (the rest have an extra step after the boxed answer);
     - first_error_ops: among its own failures, the share whose first error is at each operation;
       loc_exact_by_op, its localization's exact share (and count) by that operation, and
       loc_named_ops, the share of its localizations that name a step of each operation
@@ -584,6 +586,7 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
     named = localized_steps(model, tokenizer, failed_examples, failed_steps) if failed else []
     own_exact, own_random = localization_scores(failed_examples, failed_steps, named) if failed else (0.0, 0.0)
     exact_by_op, named_ops = localization_by_operation(failed_examples, failed_steps, named)
+    first_errors = [first_wrong_step(ex, steps) for ex, steps in failed]
     injected = [inject_error(ex, rng.randint(1, n_ops), rng) for ex in examples]
     return {
         "n_ops": n_ops,
@@ -596,6 +599,8 @@ def evaluate(model, tokenizer, n_ops=DEFAULT_N_OPS, n=500, min_failures=200, tem
         "loc_named_ops": named_ops,
         "loc_exact_injected": localization_accuracy(model, tokenizer, examples, injected)[0],
         "injected_failures": len(injected),
+        "first_error_steps": {step: round(first_errors.count(step) / len(failed), 3) for step in range(1, n_ops + 1)}
+                             if failed else {},
         "first_error_ops": {kind: round(count / len(failed), 3) for kind, (_, count) in exact_by_op.items()},
     }
 
@@ -624,6 +629,8 @@ def main():
           f"(a random step: {results['loc_exact_random']:.1%})")
     print(f"localization exact on {results['injected_failures']} injected errors: "
           f"{results['loc_exact_injected']:.1%}")
+    print("first errors of its failures, by step: "
+          + ", ".join(f"{step} {share:.0%}" for step, share in results["first_error_steps"].items()))
     print("first errors of its failures, by operation: "
           + ", ".join(f"{kind} {share:.0%}" for kind, share in results["first_error_ops"].items()))
     print("localization exact, by the first error's operation: "

@@ -277,6 +277,7 @@ def test_evaluate_scores_against_the_oracle(monkeypatch):
     assert {exact for exact, _ in results["loc_exact_by_op"].values()} == {1.0}
     assert sum(count for _, count in results["loc_exact_by_op"].values()) == 30
     assert results["loc_named_ops"] == results["first_error_ops"]
+    assert results["first_error_steps"] == {1: 0.0, 2: 1.0, 3: 0.0}
 
 
 def test_localization_by_operation_shows_a_model_that_always_names_the_multiplication():
